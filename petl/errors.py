@@ -1,0 +1,76 @@
+"""Every error petl raises on bad input is a :class:`PetlError`.
+
+Each subclass is raised with a message that says what was received, what is
+allowed and how to fix it, so that a user can act on it without reading petl's
+source.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "AlreadyWrappedError",
+    "CheckpointError",
+    "ConfigError",
+    "DuplicateStrategyError",
+    "NotMergeableError",
+    "NotWrappedError",
+    "PetlError",
+    "TargetNotFoundError",
+    "UnknownStrategyError",
+    "UnsupportedModelError",
+    "suggest",
+]
+
+
+class PetlError(Exception):
+    """Base class of every error petl raises for bad input or unsupported use."""
+
+
+class UnknownStrategyError(PetlError, LookupError):
+    """A strategy name that is not registered."""
+
+
+class DuplicateStrategyError(PetlError):
+    """Two strategies registered under the same name."""
+
+
+class ConfigError(PetlError, ValueError):
+    """An unknown option, or an option with an invalid value."""
+
+
+class TargetNotFoundError(PetlError):
+    """Target modules that match nothing in the model."""
+
+
+class AlreadyWrappedError(PetlError):
+    """``wrap`` called on a model that already carries a petl strategy."""
+
+
+class NotWrappedError(PetlError):
+    """An operation that needs a wrapped model got a plain one."""
+
+
+class CheckpointError(PetlError):
+    """A missing, truncated, corrupted or incompatible adapter checkpoint."""
+
+
+class NotMergeableError(PetlError):
+    """``merge`` on a strategy whose adapter cannot be folded into the weights."""
+
+
+class UnsupportedModelError(PetlError):
+    """A model whose structure a strategy cannot handle."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return a " Did you mean 'x'?" hint for ``name``, or an empty string.
+
+    Args:
+        name: What the user typed.
+        choices: The valid names.
+    """
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,195 @@
+"""LoRA: low-rank adaptation (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large
+Language Models", section 4.1), built on peft.
+
+A frozen linear layer ``h = W0 x`` becomes
+
+    h = W0 x + (alpha / r) * B A x,    A in R^{r x d_in},  B in R^{d_out x r}
+
+with ``A`` random and ``B`` zero at initialisation, so the wrapped model starts out
+computing exactly what the base model computed. Each adapted layer adds
+``r * (d_in + d_out)`` trainable parameters, and ``merge`` folds ``(alpha / r) B A``
+into ``W0`` so that inference costs nothing extra.
+
+petl does not re-implement LoRA: it injects peft's layers into the model in place
+(no wrapper class around the model) and saves in peft's format, so a folder written
+by ``petl.save`` also loads with ``peft.PeftModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import peft
+import torch
+from peft.utils.other import ModulesToSaveWrapper
+from torch import nn
+
+from petl.config import StrategyConfig, check, _set, _str_tuple
+from petl.errors import PetlError, TargetNotFoundError
+from petl.registry import register
+from petl.strategy import StrategyBase
+
+__all__ = ["LoraConfig", "LoraStrategy"]
+
+ADAPTER_NAME = "default"
+PEFT_PREFIX = "base_model.model."
+
+# Attention query/value projections of families that peft has no default for.
+EXTRA_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    "distilbert": ("q_lin", "v_lin"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig(StrategyConfig):
+    """Options of the ``lora`` strategy."""
+
+    r: int = 8
+    """Rank of the update ``B A``; trainable parameters grow linearly with it."""
+    alpha: float = 16.0
+    """Scale numerator: the update is multiplied by ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``),
+    so changing ``r`` does not require retuning the learning rate."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input, a regulariser for small data sets."""
+    target_modules: tuple[str, ...] | str | None = None
+    """Module names (or suffixes) to adapt, a regular expression string, or ``"all-linear"``.
+    ``None`` uses peft's per-architecture default (the attention query and value projections)."""
+    bias: str = "none"
+    """Which biases to train: ``"none"``, ``"all"`` or ``"lora_only"``."""
+    use_rslora: bool = False
+    """Rank-stabilised scaling ``alpha / sqrt(r)`` (Kalajdzievski 2023), better for large ranks."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(isinstance(self.r, int) and self.r > 0, f"r must be a positive integer, got {self.r!r}.")
+        check(
+            isinstance(self.alpha, (int, float)) and self.alpha > 0, f"alpha must be a positive number, got {self.alpha!r}."
+        )
+        check(
+            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+            f"dropout must be in [0, 1), got {self.dropout!r}.",
+        )
+        check(self.bias in ("none", "all", "lora_only"), f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}.")
+        if self.target_modules is not None and not isinstance(self.target_modules, str):
+            _set(self, "target_modules", _str_tuple("target_modules", self.target_modules))
+        if isinstance(self.target_modules, tuple):
+            check(len(self.target_modules) > 0, "target_modules must not be empty; pass None for the defaults.")
+
+
+def _module_names_hint(model: nn.Module, limit: int = 12) -> str:
+    """A few distinct linear-layer names of ``model``, for error messages."""
+    names: list[str] = []
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(module, nn.Linear) or type(module).__name__ in ("Conv1D", "Linear8bitLt", "Linear4bit"):
+            if leaf not in names:
+                names.append(leaf)
+    return ", ".join(names[:limit]) or "none"
+
+
+@register("lora")
+class LoraStrategy(StrategyBase):
+    """LoRA through peft's ``LoraModel``, injected in place."""
+
+    config_class: ClassVar[type[StrategyConfig]] = LoraConfig
+    handles_heads: ClassVar[bool] = True
+    tuner_class: ClassVar[type] = peft.LoraModel
+
+    config: LoraConfig
+
+    def __init__(self, config: LoraConfig) -> None:
+        super().__init__(config)
+        self.tuner: Any = None
+
+    def _targets(self, model: nn.Module) -> list[str] | str | None:
+        """The configured targets, or a default for families peft has none for."""
+        target = self.config.target_modules
+        if target is not None:
+            return list(target) if isinstance(target, tuple) else target
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type in self.tuner_class.target_module_mapping:
+            return None  # peft's own per-architecture default
+        if model_type in EXTRA_DEFAULT_TARGETS:
+            return list(EXTRA_DEFAULT_TARGETS[model_type])
+        raise TargetNotFoundError(
+            f"There is no default target_modules for model type {model_type!r} ({type(model).__name__}). "
+            f"Linear layers it has: {_module_names_hint(model)}. Pass target_modules=[...] with some of "
+            'these names (usually the attention query and value projections), or target_modules="all-linear".'
+        )
+
+    def peft_config(self, model: nn.Module) -> peft.PeftConfig:
+        """The equivalent peft config for ``model``."""
+        c = self.config
+        target = self._targets(model)
+        return peft.LoraConfig(
+            r=c.r,
+            lora_alpha=c.alpha,
+            lora_dropout=c.dropout,
+            target_modules=target,
+            bias=c.bias,
+            use_rslora=c.use_rslora,
+            modules_to_save=list(c.modules_to_save or []) or None,
+        )
+
+    def inject(self, model: nn.Module) -> None:
+        if hasattr(model, "peft_config"):
+            raise PetlError(
+                f"This {type(model).__name__} already carries peft adapters (it has a `peft_config`). "
+                "Pass the plain base model, or call merge_and_unload() on the peft model first."
+            )
+        config = self.peft_config(model)
+        try:
+            self.tuner = self.tuner_class(model, config, ADAPTER_NAME)
+        except ValueError as exc:
+            if "not found in the base model" in str(exc) or "target_modules" in str(exc):
+                raise TargetNotFoundError(
+                    f"target_modules={self.config.target_modules!r} matches no module of this "
+                    f"{type(model).__name__}. Linear layers it has: {_module_names_hint(model)}. "
+                    'Pass some of these names, or target_modules="all-linear".'
+                ) from exc
+            raise
+        except BaseException:
+            _strip_peft(model)
+            raise
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        state = peft.get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+        return {PEFT_PREFIX + key: value for key, value in state.items()}
+
+    def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        stripped = {key.removeprefix(PEFT_PREFIX): value for key, value in state_dict.items()}
+        result = peft.set_peft_model_state_dict(model, stripped, adapter_name=ADAPTER_NAME)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise PetlError(f"peft did not recognise these adapter tensors: {unexpected[:5]}")
+
+    def extra_files(self, model: nn.Module) -> dict[str, str]:
+        config = self.tuner.peft_config[ADAPTER_NAME].to_dict()
+        config["base_model_name_or_path"] = getattr(getattr(model, "config", None), "name_or_path", None)
+        return {"adapter_config.json": json.dumps(config, indent=2, sort_keys=True, default=_json_default) + "\n"}
+
+    def remove(self, model: nn.Module) -> nn.Module:
+        # peft's unload keeps the *trained* copy of modules_to_save; unwrap must give back the original.
+        for name, module in list(model.named_modules()):
+            if isinstance(module, ModulesToSaveWrapper):
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name), child, module.original_module)
+        return self.tuner.unload()
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return self.tuner.merge_and_unload()
+
+
+def _strip_peft(model: nn.Module) -> None:
+    if "peft_config" in vars(model):
+        del model.peft_config
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    if hasattr(value, "value"):  # enums such as PeftType and TaskType
+        return value.value
+    raise TypeError(f"Cannot serialise {type(value).__name__} to JSON")

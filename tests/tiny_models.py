@@ -1,0 +1,139 @@
+"""Tiny random Hugging Face models built from configs: no downloads, fast on CPU.
+
+``build(arch, head)`` returns a model in eval mode, seeded, and ``inputs(arch, head)``
+a batch it accepts. ``CASES`` lists every (architecture, head) pair the suites run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import transformers as tf
+from torch import nn
+
+VOCAB = 128
+HIDDEN = 32
+NUM_LABELS = 3
+BART_EOS = 2  # token ids below 3 never occur at random, so special tokens stay special
+
+_COMMON: dict[str, Any] = {"vocab_size": VOCAB}
+
+
+def _configs() -> dict[str, Callable[[], Any]]:
+    return {
+        "bert": lambda: tf.BertConfig(
+            hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **_COMMON
+        ),
+        "roberta": lambda: tf.RobertaConfig(
+            hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            pad_token_id=1, **_COMMON
+        ),
+        "distilbert": lambda: tf.DistilBertConfig(dim=HIDDEN, n_layers=2, n_heads=4, hidden_dim=64, **_COMMON),
+        "gpt2": lambda: tf.GPT2Config(
+            n_embd=HIDDEN, n_layer=2, n_head=4, pad_token_id=0, bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1,
+            **_COMMON
+        ),
+        "llama": lambda: tf.LlamaConfig(
+            hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, pad_token_id=0, **_COMMON
+        ),
+        "qwen2": lambda: tf.Qwen2Config(
+            hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, pad_token_id=0, **_COMMON
+        ),
+        "mistral": lambda: tf.MistralConfig(
+            hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, pad_token_id=0, **_COMMON
+        ),
+        "opt": lambda: tf.OPTConfig(
+            hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=HIDDEN,
+            pad_token_id=1, **_COMMON
+        ),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(
+            hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, pad_token_id=0,
+            **_COMMON
+        ),
+        "t5": lambda: tf.T5Config(
+            d_model=HIDDEN, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+            decoder_start_token_id=0, pad_token_id=0, **_COMMON
+        ),
+        "bart": lambda: tf.BartConfig(
+            d_model=HIDDEN, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=1,
+            bos_token_id=0, eos_token_id=BART_EOS, decoder_start_token_id=BART_EOS, **_COMMON
+        ),
+    }
+
+
+HEADS: dict[str, str] = {
+    "seq-cls": "AutoModelForSequenceClassification",
+    "token-cls": "AutoModelForTokenClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq-lm": "AutoModelForSeq2SeqLM",
+}
+
+ARCH_HEADS: dict[str, tuple[str, ...]] = {
+    "bert": ("seq-cls", "token-cls"),
+    "roberta": ("seq-cls", "token-cls"),
+    "distilbert": ("seq-cls", "token-cls"),
+    "gpt2": ("causal-lm", "seq-cls"),
+    "llama": ("causal-lm", "seq-cls"),
+    "qwen2": ("causal-lm", "token-cls"),
+    "mistral": ("causal-lm",),
+    "opt": ("causal-lm", "seq-cls"),
+    "gpt_neox": ("causal-lm", "token-cls"),
+    "t5": ("seq2seq-lm",),
+    "bart": ("seq2seq-lm", "seq-cls"),
+}
+
+CASES: list[tuple[str, str]] = [(arch, head) for arch, heads in ARCH_HEADS.items() for head in heads]
+ENCODER_DECODER = ("t5", "bart")
+
+
+def config(arch: str) -> Any:
+    cfg = _configs()[arch]()
+    cfg.num_labels = NUM_LABELS
+    return cfg
+
+
+def build(arch: str, head: str, seed: int = 0) -> nn.Module:
+    """A freshly initialised tiny model, in eval mode, the same for the same seed."""
+    torch.manual_seed(seed)
+    auto = getattr(tf, HEADS[head])
+    model = auto.from_config(config(arch), attn_implementation="eager")
+    return model.eval()
+
+
+def inputs(arch: str, head: str, batch: int = 2, length: int = 6, seed: int = 1) -> dict[str, torch.Tensor]:
+    """A batch the model accepts, with a padded second row and labels for a loss."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[-1, -2:] = 0
+    if arch == "bart":  # BART's classifier reads the hidden state at each row's last <eos>
+        ids[torch.arange(batch), mask.sum(1) - 1] = BART_EOS
+    out: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask}
+    if head == "seq-cls":
+        out["labels"] = torch.randint(0, NUM_LABELS, (batch,), generator=g)
+    elif head == "token-cls":
+        out["labels"] = torch.randint(0, NUM_LABELS, (batch, length), generator=g)
+    elif head == "causal-lm":
+        out["labels"] = ids.masked_fill(mask == 0, -100)
+    elif head == "seq2seq-lm":
+        out["labels"] = torch.randint(3, VOCAB, (batch, 4), generator=g)
+    return out
+
+
+def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's logits on ``batch`` (labels dropped), without grad."""
+    feed = {k: v for k, v in batch.items() if k != "labels"}
+    if "labels" in batch and batch["labels"].dim() == 2 and "decoder_input_ids" not in feed and _is_seq2seq(model):
+        feed["labels"] = batch["labels"]
+    with torch.no_grad():
+        return model(**feed).logits
+
+
+def _is_seq2seq(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
