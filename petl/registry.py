@@ -96,7 +96,6 @@ def _load_entry_points() -> None:
     global _entry_points_loaded
     if _entry_points_loaded:
         return
-    _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep.dist, "name", "an installed package")
         try:
@@ -107,6 +106,8 @@ def _load_entry_points() -> None:
         if name_taken_by_same(ep.name, cls):
             continue
         _add(ep.name, cls, f"{ep.value} (entry point of {dist})")
+    # Only now: a name clash raises again on every look-up until it is resolved.
+    _entry_points_loaded = True
 
 
 def name_taken_by_same(name: str, cls: type) -> bool:

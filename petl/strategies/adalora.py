@@ -1,1 +1,194 @@
-placeholder
+"""AdaLoRA: adaptive budget allocation for LoRA (Zhang et al. 2023, "AdaLoRA: Adaptive
+Budget Allocation for Parameter-Efficient Fine-Tuning", sections 3.1-3.3), built on peft.
+
+Each adapted layer learns an SVD-shaped update
+
+    h = W0 x + (alpha / r) * P diag(lambda) Q x,    P in R^{d_out x r},  Q in R^{r x d_in}
+
+starting from ``init_r`` triplets per layer. During training the total budget of
+triplets shrinks on a cubic schedule from ``init_r`` per layer to ``target_r`` per
+layer on average: every ``deltaT`` steps between ``tinit`` and ``total_step - tfinal``
+the triplets of lowest importance (a smoothed sensitivity score, eq. 7-9) are
+masked by zeroing their ``lambda``. An orthogonality penalty (eq. 4)
+``||P^T P - I||_F + ||Q Q^T - I||_F`` keeps ``P`` and ``Q`` close to singular vectors.
+
+Both need the training loop's help: ``petl.train`` calls :meth:`AdaLoraStrategy.on_train_begin`
+with the planned number of steps, adds :meth:`~AdaLoraStrategy.regularization_loss`
+to the loss and calls :meth:`~AdaLoraStrategy.on_step_end` after every optimizer step.
+(peft users who forget ``update_and_allocate`` silently train plain LoRA.)
+
+Saved adapters keep ``init_r`` triplets per layer with the pruned ones zeroed,
+which is exactly the trained model's state, so peft and petl load them without
+resizing; :meth:`AdaLoraStrategy.effective_ranks` reports the ranks in use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import peft
+import torch
+from torch import nn
+
+from petl.config import StrategyConfig, check
+from petl.errors import ConfigError
+from petl.registry import register
+from petl.strategies.lora import ADAPTER_NAME, LoraConfig, LoraStrategy, _json_default
+
+__all__ = ["AdaLoraConfig", "AdaLoraStrategy"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaLoraConfig(LoraConfig):
+    """Options of the ``adalora`` strategy (``r`` is unused: see ``init_r`` and ``target_r``)."""
+
+    init_r: int = 12
+    """Triplets per adapted layer at the start; the budget shrinks from here."""
+    target_r: int = 8
+    """Average triplets per adapted layer once the budget has been allocated."""
+    total_step: int | None = None
+    """Optimizer steps of the whole run. ``petl.train`` sets it from its plan; give it
+    when you write your own training loop."""
+    tinit: int = 0
+    """Warm-up steps before any triplet is pruned."""
+    tfinal: int = 0
+    """Final steps trained with the allocation frozen."""
+    deltaT: int = 1
+    """Steps between two budget allocations."""
+    beta1: float = 0.85
+    """Smoothing of the sensitivity (importance) estimate."""
+    beta2: float = 0.85
+    """Smoothing of its uncertainty."""
+    orth_reg_weight: float = 0.5
+    """Weight of the orthogonality penalty added to the loss."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(isinstance(self.init_r, int) and self.init_r > 0, f"init_r must be a positive integer, got {self.init_r!r}.")
+        check(
+            isinstance(self.target_r, int) and 0 < self.target_r <= self.init_r,
+            f"target_r must be an integer in [1, init_r={self.init_r}], got {self.target_r!r}.",
+        )
+        for name in ("tinit", "tfinal"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value >= 0, f"{name} must be a non-negative integer, got {value!r}.")
+        check(isinstance(self.deltaT, int) and self.deltaT > 0, f"deltaT must be a positive integer, got {self.deltaT!r}.")
+        check(self.orth_reg_weight >= 0, f"orth_reg_weight must be >= 0, got {self.orth_reg_weight!r}.")
+        if self.total_step is not None:
+            check_schedule(self.total_step, self.tinit, self.tfinal)
+
+
+def check_schedule(total_step: int, tinit: int, tfinal: int) -> None:
+    """Raise a :class:`ConfigError` unless the schedule leaves steps for budget allocation."""
+    check(isinstance(total_step, int) and total_step > 0, f"total_step must be a positive integer, got {total_step!r}.")
+    check(
+        tinit < total_step - tfinal,
+        f"AdaLoRA needs steps to allocate its budget: tinit ({tinit}) must be below "
+        f"total_step - tfinal ({total_step} - {tfinal}). Lower tinit/tfinal or train for more steps.",
+    )
+
+
+@register("adalora")
+class AdaLoraStrategy(LoraStrategy):
+    """AdaLoRA through peft's ``AdaLoraModel``, injected in place."""
+
+    config_class: ClassVar[type[StrategyConfig]] = AdaLoraConfig
+    tuner_class: ClassVar[type] = peft.AdaLoraModel
+
+    config: AdaLoraConfig
+
+    def __init__(self, config: AdaLoraConfig) -> None:
+        super().__init__(config)
+        self._schedule_known = config.total_step is not None
+
+    def peft_config(self, model: nn.Module) -> peft.PeftConfig:
+        c = self.config
+        # peft insists on a schedule length up front; a provisional one is replaced by on_train_begin.
+        total = c.total_step if c.total_step is not None else c.tinit + c.tfinal + 1
+        return peft.AdaLoraConfig(
+            init_r=c.init_r,
+            target_r=c.target_r,
+            tinit=c.tinit,
+            tfinal=c.tfinal,
+            deltaT=c.deltaT,
+            beta1=c.beta1,
+            beta2=c.beta2,
+            orth_reg_weight=c.orth_reg_weight,
+            total_step=total,
+            lora_alpha=c.alpha,
+            lora_dropout=c.dropout,
+            target_modules=self._targets(model),
+            bias=c.bias,
+            modules_to_save=list(c.modules_to_save or []) or None,
+        )
+
+    @property
+    def _peft(self) -> Any:
+        return self.tuner.peft_config[ADAPTER_NAME]
+
+    def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
+        if self.config.total_step is not None and self.config.total_step != total_steps:
+            raise ConfigError(
+                f"AdaLoRA was configured with total_step={self.config.total_step}, but the training run plans "
+                f"{total_steps} optimizer steps. Leave total_step unset to let the trainer fill it in."
+            )
+        check_schedule(total_steps, self.config.tinit, self.config.tfinal)
+        self._peft.total_step = total_steps  # the rank allocator reads the same config object
+        self._schedule_known = True
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        if self.config.total_step is None and not self._schedule_known:
+            raise ConfigError(
+                "AdaLoRA does not know how many steps the run has, so it cannot schedule its rank budget. "
+                "Train with petl.train (which sets it), or pass total_step=... to petl.wrap."
+            )
+        self.tuner.update_and_allocate(step)
+
+    def regularization_loss(self, model: nn.Module) -> torch.Tensor | None:
+        weight = self.config.orth_reg_weight
+        if weight == 0:
+            return None
+        terms = []
+        for name, param in model.named_parameters():
+            if f".{ADAPTER_NAME}" not in name or not param.requires_grad:
+                continue
+            if ".lora_A." in name:  # Q: r x d_in, rows should be orthonormal
+                gram = param @ param.T
+            elif ".lora_B." in name:  # P: d_out x r, columns should be orthonormal
+                gram = param.T @ param
+            else:
+                continue
+            eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
+            terms.append(torch.linalg.matrix_norm(gram - eye, ord="fro"))
+        if not terms:
+            return None
+        return weight * torch.stack(terms).mean()
+
+    def effective_ranks(self, model: nn.Module) -> dict[str, int]:
+        """Triplets in use per adapted layer: ``init_r`` until the first allocation, then
+        what peft's rank pattern keeps (pruned triplets have their ``lambda`` at zero)."""
+        pattern = self._peft.rank_pattern or {}
+        kept = {key.split(".lora_E")[0]: int(sum(bool(v) for v in mask)) for key, mask in pattern.items()}
+        ranks: dict[str, int] = {}
+        for name, module in model.named_modules():
+            lora_e = getattr(module, "lora_E", None)
+            if isinstance(lora_e, nn.ParameterDict) and ADAPTER_NAME in lora_e:
+                ranks[name] = kept.get(name, lora_e[ADAPTER_NAME].shape[0])
+        return ranks
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        # peft resizes by rank pattern only through a PeftModel; petl keeps the full shape with pruned
+        # triplets at zero, which loads anywhere without resizing and reproduces outputs exactly.
+        saved, self._peft.rank_pattern = self._peft.rank_pattern, None
+        try:
+            return super().adapter_state_dict(model)
+        finally:
+            self._peft.rank_pattern = saved
+
+    def extra_files(self, model: nn.Module) -> dict[str, str]:
+        config = self._peft.to_dict()
+        config["rank_pattern"] = None  # tensors are saved at init_r; see adapter_state_dict
+        config["base_model_name_or_path"] = getattr(getattr(model, "config", None), "name_or_path", None)
+        return {"adapter_config.json": json.dumps(config, indent=2, sort_keys=True, default=_json_default) + "\n"}

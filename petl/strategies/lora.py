@@ -36,10 +36,15 @@ __all__ = ["LoraConfig", "LoraStrategy"]
 ADAPTER_NAME = "default"
 PEFT_PREFIX = "base_model.model."
 
-# Attention query/value projections of families that peft has no default for.
-EXTRA_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "distilbert": ("q_lin", "v_lin"),
-}
+# Attention query/value projection names, tried in order for families peft has no default for.
+FALLBACK_TARGETS: tuple[tuple[str, ...], ...] = (
+    ("q_proj", "v_proj"),
+    ("query", "value"),
+    ("q_lin", "v_lin"),
+    ("q", "v"),
+    ("query_key_value",),
+    ("c_attn",),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,8 +116,10 @@ class LoraStrategy(StrategyBase):
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type in self.tuner_class.target_module_mapping:
             return None  # peft's own per-architecture default
-        if model_type in EXTRA_DEFAULT_TARGETS:
-            return list(EXTRA_DEFAULT_TARGETS[model_type])
+        leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        for names in FALLBACK_TARGETS:
+            if leaves.issuperset(names):
+                return list(names)
         raise TargetNotFoundError(
             f"There is no default target_modules for model type {model_type!r} ({type(model).__name__}). "
             f"Linear layers it has: {_module_names_hint(model)}. Pass target_modules=[...] with some of "

@@ -1,0 +1,31 @@
+"""Shared fixtures: the repository paths and a guard for tests that need real data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny_models.py
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none is visible to torch")
+    skip_data = pytest.mark.skip(reason=f"needs the shared evaluation data at {SHARED_DATA}, which is absent")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "real_data" in item.keywords and not SHARED_DATA.is_dir():
+            item.add_marker(skip_data)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The folder of the real evaluation data sets (SST-2, CoNLL-2003)."""
+    return SHARED_DATA
