@@ -1,0 +1,51 @@
+"""Entity-level NER scores, an ``evaluate`` module that loads offline and needs no ``seqeval`` package.
+
+Entities are chunked from IOB1 / IOB2 (and IOBES) tags as conlleval does; precision,
+recall and F1 are micro-averaged over entities (see :mod:`petl.metrics.ner`). The
+output keys follow the ``seqeval`` metric of the Hub: one dict per entity type, then
+``overall_precision``, ``overall_recall``, ``overall_f1`` and ``overall_accuracy``.
+Load it with ``evaluate.load(str(petl.metrics.evaluate_module_path("seqeval")))``.
+"""
+
+import datasets
+import evaluate
+
+from petl.metrics.ner import entity_scores
+
+_DESCRIPTION = "Entity-level precision, recall and F1 of sequence labelling (conlleval chunking)."
+_INPUTS = """
+Args:
+    predictions (list of list of str): Predicted tags of each sentence, e.g. [["B-PER", "I-PER", "O"]].
+    references (list of list of str): True tags, aligned with predictions.
+Returns:
+    <TYPE> (dict): precision, recall, f1 and number (reference entities) of each entity type.
+    overall_precision, overall_recall, overall_f1 (float): micro-averaged over entities.
+    overall_accuracy (float): Tag accuracy.
+"""
+
+
+class Seqeval(evaluate.Metric):
+    """Entity-level scores of IOB-tagged sentences."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_INPUTS,
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("string")),
+                    "references": datasets.Sequence(datasets.Value("string")),
+                }
+            ),
+        )
+
+    def _compute(self, predictions: list[list[str]], references: list[list[str]]) -> dict:
+        scores = entity_scores(predictions, references)
+        return {
+            **scores["per_type"],
+            "overall_precision": scores["precision"],
+            "overall_recall": scores["recall"],
+            "overall_f1": scores["f1"],
+            "overall_accuracy": scores["accuracy"],
+        }
