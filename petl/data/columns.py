@@ -1,0 +1,183 @@
+"""Find the text / label / target columns of a data set and turn labels into ids.
+
+Labels may be integers (used as ids) or strings (mapped through ``label_names``, or
+through the sorted unique values found when no names are given). Integer labels
+must lie in ``[0, num_labels)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+
+from petl.data.errors import ColumnNotFoundError, DataError, LabelError
+from petl.errors import ConfigError, suggest
+
+__all__ = ["Labels", "class_names", "encode_labels", "find_column", "pick_column", "text_values"]
+
+
+def find_column(dataset: datasets.Dataset, candidates: Sequence[str]) -> str | None:
+    """The first of ``candidates`` that ``dataset`` has, or ``None``."""
+    return next((c for c in candidates if c in dataset.column_names), None)
+
+
+def pick_column(
+    dataset: datasets.Dataset,
+    chosen: str | None,
+    candidates: Sequence[str],
+    *,
+    role: str,
+    option: str,
+    split: str,
+) -> str:
+    """The column named ``chosen``, or else the first of ``candidates`` that exists.
+
+    Args:
+        dataset: The data set.
+        chosen: The column the user named, or ``None`` for the default.
+        candidates: The default names, tried in order.
+        role: What the column holds, for the message ("text", "label").
+        option: The option that chooses it, without dashes ("text_column").
+        split: "training" or "evaluation", for the message.
+
+    Raises:
+        ColumnNotFoundError: No such column; the message lists the columns found.
+    """
+    found = dataset.column_names
+    if chosen is not None and chosen in found:
+        return chosen
+    if chosen is None:
+        column = find_column(dataset, candidates)
+        if column is not None:
+            return column
+        looked = f"looked for {', '.join(map(repr, candidates))}"
+        hint = ""
+    else:
+        looked = f"{option}={chosen!r} was given"
+        hint = suggest(chosen, found)
+    flag = "--" + option.replace("_", "-")
+    raise ColumnNotFoundError(
+        f"The {split} data has no {role} column ({looked}); its columns are {', '.join(map(repr, found))}.{hint} "
+        f"Choose the {role} column with {flag} NAME on the command line or {option}='NAME' in Python."
+    )
+
+
+def text_values(dataset: datasets.Dataset, column: str, *, split: str) -> list[str]:
+    """The values of a text column, checked to be strings."""
+    values = list(dataset[column])
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise DataError(
+                f"Row {index} of the {split} data has {value!r} ({type(value).__name__}) in the text column "
+                f"{column!r}; every value must be a string. Fix or drop that row, or pick another column."
+            )
+    return values
+
+
+def class_names(dataset: datasets.Dataset | None, column: str) -> list[str] | None:
+    """The names of a ``ClassLabel`` column (or of a sequence of ``ClassLabel``), if it is one."""
+    if dataset is None or column not in dataset.features:
+        return None
+    feature = dataset.features[column]
+    names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
+    return list(names) if names else None
+
+
+class Labels:
+    """The label vocabulary of a task: ``names`` (or ``None``) and ``num_labels``."""
+
+    def __init__(self, names: list[str] | None, num_labels: int) -> None:
+        self.names = names
+        self.num_labels = num_labels
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _sort_key(value: str) -> tuple[int, Any]:
+    # "2" before "10" when every label is a number written as text.
+    return (0, int(value)) if value.lstrip("-").isdigit() else (1, value)
+
+
+def encode_labels(
+    splits: dict[str, list[Any]],
+    *,
+    column: str,
+    label_names: Sequence[str] | None,
+    num_labels: int | None,
+    nested: bool,
+) -> tuple[dict[str, list[Any]], Labels]:
+    """Turn the labels of each split into ids, with one vocabulary for all splits.
+
+    Args:
+        splits: Split name ("training"/"evaluation") to its label values: one value per
+            example, or one list per example when ``nested`` (token tags).
+        column: The label column, for messages.
+        label_names: The names of the ids, if known.
+        num_labels: The number of classes, if known (checked against ``label_names``).
+        nested: Whether each example carries a list of labels.
+
+    Returns:
+        The ids per split (same nesting) and the :class:`Labels`.
+
+    Raises:
+        LabelError: Labels of mixed or unusable type, unknown names, or ids out of range.
+        ConfigError: ``label_names`` and ``num_labels`` disagree.
+    """
+    if label_names is not None:
+        label_names = [str(n) for n in label_names]
+        if len(set(label_names)) != len(label_names):
+            raise ConfigError(f"label_names has duplicates: {label_names}. Give each class one distinct name.")
+        if num_labels is not None and num_labels != len(label_names):
+            raise ConfigError(
+                f"num_labels={num_labels} but {len(label_names)} label_names were given ({label_names}); "
+                "pass only one of them, or make them agree."
+            )
+    flat = {s: [v for row in values for v in row] if nested else list(values) for s, values in splits.items()}
+    everything = [v for values in flat.values() for v in values]
+    if not everything:
+        raise LabelError(f"The label column {column!r} is empty. Check that the data has labelled rows.")
+    if all(isinstance(v, str) for v in everything):
+        names = label_names if label_names is not None else sorted(set(everything), key=_sort_key)
+        index = {name: i for i, name in enumerate(names)}
+        for split, values in flat.items():
+            unknown = sorted({v for v in values if v not in index})
+            if unknown:
+                raise LabelError(
+                    f"The {split} data has labels {unknown[:10]} in column {column!r} that are not in "
+                    f"label_names {names}.{suggest(unknown[0], names)} Add them to label_names or fix the data."
+                )
+        encode = index.__getitem__
+        labels = Labels(list(names), len(names))
+    elif all(_is_int(v) for v in everything):
+        size = len(label_names) if label_names is not None else num_labels
+        if size is None:
+            size = max(max(everything) + 1, 2)
+        for split, values in flat.items():
+            bad = sorted({v for v in values if not 0 <= v < size})
+            if bad:
+                given = f"label_names {label_names}" if label_names is not None else f"num_labels={size}"
+                raise LabelError(
+                    f"The {split} data has labels {bad[:10]} in column {column!r}, outside [0, {size}) for "
+                    f"{given}. Labels must be class ids 0..{size - 1}: fix or drop those rows"
+                    + ("" if label_names is not None else ", or pass the right num_labels")
+                    + "."
+                )
+        encode = int
+        labels = Labels(label_names, size)
+    else:
+        kinds = sorted({type(v).__name__ for v in everything})
+        example = next(v for v in everything if not isinstance(v, str) and not _is_int(v))
+        raise LabelError(
+            f"The label column {column!r} holds values of type {', '.join(kinds)} (e.g. {example!r}); labels must "
+            "be all integers (class ids) or all strings (class names). Regression targets are not supported; "
+            "pick the right column with --label-column / label_column=."
+        )
+    ids = {
+        split: [[encode(v) for v in row] for row in values] if nested else [encode(v) for v in values]
+        for split, values in splits.items()
+    }
+    return ids, labels
