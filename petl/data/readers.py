@@ -150,11 +150,12 @@ def _read_table(path: Path, sep: str) -> datasets.Dataset:
 
 def _read_json(path: Path) -> datasets.Dataset:
     text = path.read_text(encoding="utf-8")
-    records: Any
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError:
-        records = None
+    records: Any = None
+    if path.suffix.lower() == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError:
+            records = None  # maybe JSON lines under a .json name
     if records is None:  # JSON lines: one object per line
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -167,6 +168,8 @@ def _read_json(path: Path) -> datasets.Dataset:
                     f"Cannot parse line {number} of {str(path)!r} as JSON: {exc}. "
                     "Write one JSON object per line (JSON lines) or one JSON list of objects."
                 ) from exc
+    if isinstance(records, dict) and not any(isinstance(v, list) for v in records.values()):
+        records = [records]  # a single object
     if isinstance(records, dict) and len(records) == 1:
         (only,) = records.values()
         if isinstance(only, list) and only and all(isinstance(r, dict) for r in only):
