@@ -1,0 +1,112 @@
+"""(IA)^3 as a third-party petl strategy (Liu et al. 2022, "Few-Shot Parameter-Efficient
+Fine-Tuning is Better and Cheaper than In-Context Learning", section 3.3).
+
+Each targeted projection's output is rescaled by a learned vector, ``h = l * (W x + b)``,
+with ``l`` starting at ones, so the wrapped model first computes what the base model did.
+The rescaling is a row scaling of ``W`` and ``b``, so it merges exactly.
+
+The package registers the strategy through the ``petl.strategies`` entry point in its
+pyproject.toml; after ``pip install`` it shows up in ``petl.available()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+import petl
+from petl.config import check
+from petl.errors import TargetNotFoundError
+
+# Key and value projections across common families (feature scaling of attention, as in the paper).
+DEFAULT_TARGETS = ("k_proj", "v_proj", "key", "value", "k_lin", "v_lin", "k", "v", "c_attn", "query_key_value")
+SCALE = "petl_ia3"
+
+
+@dataclass(frozen=True, kw_only=True)
+class IA3Config(petl.StrategyConfig):
+    """Options of the ``ia3`` strategy."""
+
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    """Leaf names of the projections whose outputs are rescaled."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        check(len(self.target_modules) > 0, "target_modules must name at least one module.")
+
+
+class Scale(nn.Module):
+    """A learned per-output-feature scale, initialised to ones."""
+
+    def __init__(self, features: int, like: torch.Tensor) -> None:
+        super().__init__()
+        dtype = like.dtype if like.is_floating_point() else torch.float32
+        self.vector = nn.Parameter(torch.ones(features, device=like.device, dtype=dtype))
+
+
+def _out_features(module: nn.Module) -> int | None:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if type(module).__name__ == "Conv1D":  # GPT-2 stores its weight as (d_in, d_out)
+        return module.weight.shape[1]
+    return None
+
+
+def _rescale(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output * getattr(module, SCALE).vector.to(output.dtype)
+
+
+class IA3Strategy(petl.StrategyBase):
+    """Rescale the outputs of key/value projections by learned vectors."""
+
+    config_class: ClassVar[type[petl.StrategyConfig]] = IA3Config
+    config: IA3Config
+
+    def inject(self, model: nn.Module) -> None:
+        targets = [
+            (name, module)
+            for name, module in model.named_modules()
+            if name.rsplit(".", 1)[-1] in self.config.target_modules and _out_features(module)
+        ]
+        if not targets:
+            raise TargetNotFoundError(
+                f"No module of this {type(model).__name__} is named one of {list(self.config.target_modules)}. "
+                "Pass target_modules=[...] with the leaf names of its key/value projections."
+            )
+        self.names = [name for name, _ in targets]
+        self.handles = []
+        for _, module in targets:
+            module.add_module(SCALE, Scale(_out_features(module), module.weight))
+            self.handles.append(module.register_forward_hook(_rescale))
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {f"{n}.{SCALE}.vector": model.get_submodule(n).get_submodule(SCALE).vector for n in self.names}
+
+    def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for key, value in state_dict.items():
+                model.get_parameter(key).copy_(value)
+
+    def remove(self, model: nn.Module) -> nn.Module:
+        for handle in self.handles:
+            handle.remove()
+        for name in self.names:
+            delattr(model.get_submodule(name), SCALE)
+        return model
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        with torch.no_grad():
+            for name in self.names:
+                module = model.get_submodule(name)
+                vector = module.get_submodule(SCALE).vector
+                if isinstance(module, nn.Linear):
+                    module.weight.mul_(vector[:, None])
+                else:  # Conv1D: output features are the weight's columns
+                    module.weight.mul_(vector[None, :])
+                if module.bias is not None:
+                    module.bias.mul_(vector)
+        return self.remove(model)
