@@ -156,7 +156,9 @@ def test_sequence_pairs_and_class_label_names(tok):
             "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"]),
         }
     )
-    ds = datasets.Dataset.from_dict({"premise": ["a cat"], "hypothesis": ["an animal"], "label": [0]}, features=features)
+    ds = datasets.Dataset.from_dict(
+        {"premise": ["a cat"], "hypothesis": ["an animal"], "label": [0]}, features=features
+    )
     data = load_task_data("sequence-classification", ds, ds, tokenizer=tok)
     assert data.label_names == ["entailment", "neutral", "contradiction"] and data.num_labels == 3
     expected = tok("a cat", "an animal")
@@ -178,8 +180,9 @@ def test_missing_columns_list_what_was_found(tok):
     assert ok.train[0]["labels"] == 1
     bad_eval = datasets.Dataset.from_dict({"text": ["a"], "stars": [1]})
     with pytest.raises(ColumnNotFoundError, match="evaluation data has no text column"):
-        load_task_data("sequence-classification", ds, bad_eval, tokenizer=tok, text_column="review_text",
-                       label_column="stars")
+        load_task_data(
+            "sequence-classification", ds, bad_eval, tokenizer=tok, text_column="review_text", label_column="stars"
+        )
     nones = datasets.Dataset.from_dict({"text": ["a", None], "label": [0, 1]})
     with pytest.raises(DataError, match="Row 1 .* None"):
         load_task_data("sequence-classification", nones, tokenizer=tok)
@@ -206,7 +209,16 @@ def test_token_labels_go_to_first_sub_token(tmp_path, tok):
     first = data.train[0]
     # [CLS] nad ##im lad ##ki visited wolf ##sburg . [SEP]
     assert tok.convert_ids_to_tokens(first["input_ids"]) == [
-        "[CLS]", "nad", "##im", "lad", "##ki", "visited", "wolf", "##sburg", ".", "[SEP]"
+        "[CLS]",
+        "nad",
+        "##im",
+        "lad",
+        "##ki",
+        "visited",
+        "wolf",
+        "##sburg",
+        ".",
+        "[SEP]",
     ]
     assert first["labels"] == [-100, 1, -100, 2, -100, 0, 3, -100, 0, -100]
     assert data.num_labels == 5 and data.label_names == NER_NAMES
@@ -221,7 +233,10 @@ def test_token_labels_go_to_first_sub_token(tmp_path, tok):
 
 def test_token_classification_int_tags_from_datasets(tok):
     features = datasets.Features(
-        {"tokens": datasets.Sequence(datasets.Value("string")), "ner_tags": datasets.Sequence(datasets.ClassLabel(names=NER_NAMES))}
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=NER_NAMES)),
+        }
     )
     ds = datasets.Dataset.from_dict({"tokens": [["Peter", "Wolfsburg"]], "ner_tags": [[1, 3]]}, features=features)
     data = load_task_data("token-classification", ds, tokenizer=tok)
@@ -243,8 +258,11 @@ def test_causal_lm_masks_the_prompt_exactly(tmp_path, tok, bos_tok):
     path = jsonl(tmp_path / "lm.jsonl", rows)
     data = load_task_data("causal-lm", path, tokenizer=bos_tok)
     # ids: <s>=1 </s>=2 translate=3 :=4 cat=5 chat=6 hello=7 world=8 a=9 b=10
-    assert data.train[0] == {"input_ids": [1, 3, 4, 5, 6, 2], "attention_mask": [1] * 6,
-                             "labels": [-100, -100, -100, -100, 6, 2]}
+    assert data.train[0] == {
+        "input_ids": [1, 3, 4, 5, 6, 2],
+        "attention_mask": [1] * 6,
+        "labels": [-100, -100, -100, -100, 6, 2],
+    }
     assert data.train[1]["input_ids"] == [1, 7, 8, 9, 10, 2]
     assert data.train[1]["labels"] == [-100, -100, 8, 9, 10, 2]
     assert data.num_labels is None and data.label_names is None
@@ -271,7 +289,9 @@ def test_causal_lm_plain_text_trains_on_every_token(bos_tok):
 
 
 def test_seq2seq_labels_are_the_tokenised_target(tmp_path, tok):
-    path = jsonl(tmp_path / "s2s.jsonl", [{"source": "a long text", "target": "short"}, {"source": "x", "target": "y z"}])
+    path = jsonl(
+        tmp_path / "s2s.jsonl", [{"source": "a long text", "target": "short"}, {"source": "x", "target": "y z"}]
+    )
     data = load_task_data("seq2seq", path, tokenizer=tok)
     assert data.train[0]["input_ids"] == tok("a long text")["input_ids"]
     assert data.train[0]["labels"] == tok(text_target="short")["input_ids"]
@@ -316,16 +336,23 @@ def test_limit_takes_the_first_examples(tok):
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent")
 def test_real_sst2_and_conll2003(tok):
     sst2 = load_task_data(
-        "sequence-classification", SHARED_DATA / "sst2/train.tsv", SHARED_DATA / "sst2/validation.tsv",
-        tokenizer=tok, max_length=64,
+        "sequence-classification",
+        SHARED_DATA / "sst2/train.tsv",
+        SHARED_DATA / "sst2/validation.tsv",
+        tokenizer=tok,
+        max_length=64,
     )
     assert (len(sst2.train), len(sst2.eval), sst2.num_labels) == (2821, 872, 2)
     for split, expected in (("train", 14041), ("valid", 3250), ("test", 3453)):
         conll = read_dataset(SHARED_DATA / f"conll2003/{split}.txt")
         assert len(conll) == expected, split
     ner = load_task_data(
-        "token-classification", SHARED_DATA / "conll2003/train.txt", SHARED_DATA / "conll2003", tokenizer=tok,
-        max_length=64, limit=200,
+        "token-classification",
+        SHARED_DATA / "conll2003/train.txt",
+        SHARED_DATA / "conll2003",
+        tokenizer=tok,
+        max_length=64,
+        limit=200,
     )
     assert ner.label_names == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER", "O"]
     assert len(ner.train) == 200 and len(ner.eval) == 200  # the folder gives valid.txt for "validation"

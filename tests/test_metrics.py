@@ -143,6 +143,14 @@ def test_evaluate_module_paths():
 
 
 _OFFLINE_SCRIPT = """
+import socket
+
+def _no_network(*args, **kwargs):
+    raise OSError("network access attempted")
+
+socket.socket.connect = _no_network  # any attempt to reach the Hub fails loudly
+socket.create_connection = _no_network
+
 import json, evaluate
 from petl.metrics import evaluate_module_path
 out = {}

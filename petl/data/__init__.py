@@ -25,8 +25,9 @@ from typing import Any
 import datasets
 import torch
 
+from petl.data import tasks as _tasks
 from petl.data.collate import IGNORE_INDEX, Collator, TokenizedDataset, pad_id
-from petl.data.columns import class_names, encode_labels, find_column, pick_column, text_values
+from petl.data.columns import Labels, class_names, encode_labels, find_column, pick_column, text_values
 from petl.data.errors import (
     ColumnNotFoundError,
     DataError,
@@ -36,7 +37,6 @@ from petl.data.errors import (
     UnknownTaskError,
 )
 from petl.data.readers import read_conll, read_dataset
-from petl.data import tasks as _tasks
 from petl.errors import ConfigError, suggest
 
 __all__ = [
@@ -92,6 +92,10 @@ class TaskData:
     label_names: list[str] | None
     """The name of each class id (e.g. ``["negative", "positive"]`` or NER tags), or ``None``
     when the labels were integers without names."""
+
+
+_Splits = dict[str, datasets.Dataset]
+_Examples = dict[str, list[dict[str, Any]]]
 
 
 def check_task(task: str) -> str:
@@ -195,11 +199,11 @@ def load_task_data(
     )
 
 
-def _first(splits: dict[str, datasets.Dataset]) -> tuple[str, datasets.Dataset]:
+def _first(splits: _Splits) -> tuple[str, datasets.Dataset]:
     return next(iter(splits.items()))
 
 
-def _columns(splits: dict[str, datasets.Dataset], chosen: str | None, candidates: Sequence[str], **kw: Any) -> str:
+def _columns(splits: _Splits, chosen: str | None, candidates: Sequence[str], **kw: Any) -> str:
     """Resolve a column on the first split, then require the same column in the others."""
     first_name, first = _first(splits)
     column = pick_column(first, chosen, candidates, split=first_name, **kw)
@@ -208,8 +212,18 @@ def _columns(splits: dict[str, datasets.Dataset], chosen: str | None, candidates
     return column
 
 
-def _sequence_classification(splits, tokenizer, max_length, *, text_column, text_pair_column, label_column,
-                             label_names, num_labels, **_) -> tuple[dict[str, list[dict[str, Any]]], Any]:
+def _sequence_classification(
+    splits: _Splits,
+    tokenizer: Any,
+    max_length: int,
+    *,
+    text_column: str | None,
+    text_pair_column: str | None,
+    label_column: str | None,
+    label_names: Sequence[str] | None,
+    num_labels: int | None,
+    **_: Any,
+) -> tuple[_Examples, Labels]:
     _, first = _first(splits)
     if text_column is None and text_pair_column is None:
         pair = next(((a, b) for a, b in _PAIRS if a in first.column_names and b in first.column_names), None)
@@ -223,7 +237,10 @@ def _sequence_classification(splits, tokenizer, max_length, *, text_column, text
     names = label_names if label_names is not None else class_names(first, label)
     ids, labels = encode_labels(
         {n: list(d[label]) for n, d in splits.items()},
-        column=label, label_names=names, num_labels=num_labels, nested=False,
+        column=label,
+        label_names=names,
+        num_labels=num_labels,
+        nested=False,
     )
     examples = {
         n: _tasks.sequence_classification(
@@ -239,8 +256,17 @@ def _sequence_classification(splits, tokenizer, max_length, *, text_column, text
     return examples, labels
 
 
-def _token_classification(splits, tokenizer, max_length, *, text_column, label_column, label_names, num_labels,
-                          **_) -> tuple[dict[str, list[dict[str, Any]]], Any]:
+def _token_classification(
+    splits: _Splits,
+    tokenizer: Any,
+    max_length: int,
+    *,
+    text_column: str | None,
+    label_column: str | None,
+    label_names: Sequence[str] | None,
+    num_labels: int | None,
+    **_: Any,
+) -> tuple[_Examples, Labels]:
     _, first = _first(splits)
     words = _columns(splits, text_column, _WORDS, role="tokens (words)", option="text_column")
     tags = _columns(splits, label_column, _TAGS, role="tag", option="label_column")
@@ -258,7 +284,9 @@ def _token_classification(splits, tokenizer, max_length, *, text_column, label_c
     return examples, labels
 
 
-def _causal_lm(splits, tokenizer, max_length, *, text_column, target_column, **_):
+def _causal_lm(
+    splits: _Splits, tokenizer: Any, max_length: int, *, text_column: str | None, target_column: str | None, **_: Any
+) -> tuple[_Examples, None]:
     _, first = _first(splits)
     target = target_column if target_column is not None else find_column(first, _COMPLETION)
     if target is None:  # plain text: loss on every token
@@ -281,7 +309,9 @@ def _causal_lm(splits, tokenizer, max_length, *, text_column, target_column, **_
     return examples, None
 
 
-def _seq2seq(splits, tokenizer, max_length, *, text_column, target_column, **_):
+def _seq2seq(
+    splits: _Splits, tokenizer: Any, max_length: int, *, text_column: str | None, target_column: str | None, **_: Any
+) -> tuple[_Examples, None]:
     source = _columns(splits, text_column, _SOURCE, role="source text", option="text_column")
     target = _columns(splits, target_column, _TARGET, role="target text", option="target_column")
     if source == target:

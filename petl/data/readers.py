@@ -45,7 +45,9 @@ def _split_names(split: str) -> tuple[str, ...]:
     return (split,)
 
 
-def read_dataset(source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict, split: str = "train") -> datasets.Dataset:
+def read_dataset(
+    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict, split: str = "train"
+) -> datasets.Dataset:
     """Read one split of a data set from a file, a folder, a ``datasets`` object or the Hub.
 
     Args:
@@ -123,7 +125,9 @@ def _read_file(path: Path) -> datasets.Dataset:
     except DataFileError:
         raise
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataFileError(f"Cannot read {str(path)!r}: {exc}. Check the file's permissions and that it is UTF-8 text.") from exc
+        raise DataFileError(
+            f"Cannot read {str(path)!r}: {exc}. Check the file's permissions and that it is UTF-8 text."
+        ) from exc
 
 
 def _read_table(path: Path, sep: str) -> datasets.Dataset:

@@ -57,7 +57,7 @@ def sequence_classification(
     for rows in _batches(len(texts), desc):
         batch_pairs = [pairs[i] for i in rows] if pairs is not None else None
         encoding = tokenizer([texts[i] for i in rows], batch_pairs, truncation=True, max_length=max_length)
-        for i, example in zip(rows, _rows(encoding, len(rows))):
+        for i, example in zip(rows, _rows(encoding, len(rows)), strict=True):
             example["labels"] = labels[i]
             examples.append(example)
     return examples
@@ -72,7 +72,7 @@ def token_classification(
     desc: str,
 ) -> list[dict[str, Any]]:
     """Tokenise pre-split words and align word tags to their first sub-token."""
-    for index, (row_words, row_tags) in enumerate(zip(words, tags)):
+    for index, (row_words, row_tags) in enumerate(zip(words, tags, strict=True)):
         if len(row_words) != len(row_tags):
             raise DataError(
                 f"Example {index} ({desc}) has {len(row_words)} words but {len(row_tags)} tags: "
@@ -89,7 +89,7 @@ def token_classification(
                 f"The tokenizer cannot encode pre-split words: {exc}. For GPT-2/RoBERTa-style tokenizers load it "
                 "with AutoTokenizer.from_pretrained(..., add_prefix_space=True)."
             ) from exc
-        for batch_index, (i, example) in enumerate(zip(rows, _rows(encoding, len(rows)))):
+        for batch_index, (i, example) in enumerate(zip(rows, _rows(encoding, len(rows)), strict=True)):
             aligned = []
             previous = None
             for word in encoding.word_ids(batch_index):
@@ -147,7 +147,7 @@ def causal_lm(
             contexts = tokenizer([prompts[i] for i in rows], add_special_tokens=False)["input_ids"]
         else:
             contexts = [[] for _ in rows]
-        for context, target in zip(contexts, targets):
+        for context, target in zip(contexts, targets, strict=True):
             masked = prefix + list(context)
             input_ids = (masked + list(target) + suffix)[:max_length]
             if prompts is None:
@@ -162,7 +162,10 @@ def causal_lm(
         logger.warning(
             "Dropped %d of %d %s examples whose prompt fills all max_length=%d tokens (no completion token left "
             "to learn from); raise max_length to keep them.",
-            dropped, len(completions), desc, max_length,
+            dropped,
+            len(completions),
+            desc,
+            max_length,
         )
     return examples
 

@@ -83,8 +83,8 @@ def evaluator_for(task: str, label_names: Sequence[str] | None = None) -> TaskEv
     if task == "token-classification":
         if not label_names:
             raise ConfigError(
-                "Entity-level F1 needs the tag of each label id, but no label_names were given. Pass the tags in "
-                'id order, e.g. label_names=["O", "B-PER", "I-PER", ...] (--label-names), or use string tags in the data.'
+                "Entity-level F1 needs the tag of each label id, but no label_names were given. Pass the tags "
+                'in id order, e.g. label_names=["O", "B-PER", "I-PER", ...], or use string tags in the data.'
             )
         return TokenClassificationEvaluator(label_names)
     return NoMetricsEvaluator()

@@ -32,7 +32,7 @@ def accuracy(predictions: Sequence[Hashable], references: Sequence[Hashable]) ->
     _check(predictions, references)
     if not references:
         return 0.0
-    return sum(p == r for p, r in zip(predictions, references)) / len(references)
+    return sum(p == r for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
 def f1_score(
@@ -59,7 +59,7 @@ def f1_score(
     tp: Counter[Hashable] = Counter()
     fp: Counter[Hashable] = Counter()
     fn: Counter[Hashable] = Counter()
-    for p, r in zip(predictions, references):
+    for p, r in zip(predictions, references, strict=True):
         if p == r:
             tp[r] += 1
         else:

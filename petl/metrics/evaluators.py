@@ -63,7 +63,7 @@ class TokenClassificationEvaluator:
         predictions = logits.detach().argmax(dim=-1).cpu()
         labels = labels.detach().cpu()
         names = self.label_names
-        for row_predictions, row_labels in zip(predictions, labels):
+        for row_predictions, row_labels in zip(predictions, labels, strict=True):
             keep = row_labels != _IGNORE
             self._predictions.append([names[i] for i in row_predictions[keep].tolist()])
             self._references.append([names[i] for i in row_labels[keep].tolist()])

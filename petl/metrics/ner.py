@@ -48,9 +48,7 @@ def entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     prev_prefix, prev_kind = "O", ""
     for i, tag in enumerate(list(tags) + ["O"]):  # the sentinel closes a final entity
         prefix, kind = _split(tag)
-        ends = start is not None and (
-            prefix in ("O", "B", "S") or kind != prev_kind or prev_prefix in ("E", "S")
-        )
+        ends = start is not None and (prefix in ("O", "B", "S") or kind != prev_kind or prev_prefix in ("E", "S"))
         if ends:
             found.append((prev_kind, start, i))
             start = None
@@ -63,9 +61,7 @@ def entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     return found
 
 
-def entity_scores(
-    predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]
-) -> dict[str, Any]:
+def entity_scores(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> dict[str, Any]:
     """Entity-level scores over sentences of tags.
 
     Args:
@@ -86,14 +82,14 @@ def entity_scores(
     n_true: Counter[str] = Counter()
     n_ok: Counter[str] = Counter()
     correct_tags = total_tags = 0
-    for index, (pred, ref) in enumerate(zip(predictions, references)):
+    for index, (pred, ref) in enumerate(zip(predictions, references, strict=True)):
         if len(pred) != len(ref):
             raise ConfigError(f"Sentence {index} has {len(pred)} predicted tags but {len(ref)} reference tags.")
         predicted, true = set(entities(pred)), set(entities(ref))
         n_pred.update(kind for kind, _, _ in predicted)
         n_true.update(kind for kind, _, _ in true)
         n_ok.update(kind for kind, _, _ in predicted & true)
-        correct_tags += sum(p == r for p, r in zip(pred, ref))
+        correct_tags += sum(p == r for p, r in zip(pred, ref, strict=True))
         total_tags += len(ref)
 
     def prf(ok: int, pred: int, true: int) -> dict[str, float]:
