@@ -358,3 +358,73 @@ def test_real_sst2_and_conll2003(tok):
     assert len(ner.train) == 200 and len(ner.eval) == 200  # the folder gives valid.txt for "validation"
     # The first sentence: EU B-ORG, rejects O, German B-MISC, call O, to O, boycott O, British B-MISC, lamb O, . O
     assert ner.train[0]["labels"] == [-100, 2, 8, 1, 8, 8, 8, 1, 8, 8, -100]
+
+
+# --- the batches feed real (tiny) models -------------------------------------------------------
+
+
+def test_hub_names_go_to_load_dataset(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"text": ["a"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert read_dataset("nyu-mll/glue:sst2", split="validation")["text"] == ["a"]
+    assert read_dataset("imdb")["text"] == ["a"]
+    assert calls == [("nyu-mll/glue", "sst2", "validation"), ("imdb", None, "train")]
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataFileError, match="not a local file or folder.*offline"):
+        read_dataset("imdb")
+
+
+TINY_CASES = [
+    ("bert", "seq-cls", "sequence-classification"),
+    ("bert", "token-cls", "token-classification"),
+    ("llama", "causal-lm", "causal-lm"),
+    ("gpt2", "causal-lm", "causal-lm"),
+    ("t5", "seq2seq-lm", "seq2seq"),
+    ("bart", "seq2seq-lm", "seq2seq"),
+]
+
+
+@pytest.mark.parametrize(("arch", "head", "task"), TINY_CASES)
+def test_batches_feed_tiny_models(arch, head, task, bos_tok):
+    import tiny_models as T
+
+    from petl.metrics import evaluator_for
+
+    rows = {
+        "sequence-classification": {"text": ["hello world", "a b a", "chat"], "label": ["x", "y", "z"]},
+        "token-classification": {"tokens": [["hello", "world"], ["a", "b", "a"], ["cat"]],
+                                 "tags": [["B-PER", "I-PER"], ["O", "B-PER", "O"], ["O"]]},
+        "causal-lm": {"prompt": ["translate : cat", "hello", "a"], "completion": ["chat", "world a b", "b"]},
+        "seq2seq": {"source": ["translate : cat", "hello", "a b"], "target": ["chat", "world a b", "b"]},
+    }[task]
+    data = load_task_data(task, datasets.Dataset.from_dict(rows), tokenizer=bos_tok)
+    assert data.num_labels in (None, T.NUM_LABELS)
+    batch = data.collator([data.train[i] for i in range(3)])
+    model = T.build(arch, head)
+    with torch.no_grad():
+        out = model(**batch)
+    assert torch.isfinite(out.loss)
+    if task == "causal-lm":
+        # The model shifts the labels itself: its loss is the cross-entropy of the completion tokens only.
+        logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
+        keep = labels != -100
+        assert keep.sum() == 1 + 1 + 3 + 1 + 1 + 1  # chat </s> | world a b </s> | b </s>
+        expected = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+        torch.testing.assert_close(out.loss, expected)
+    evaluator = evaluator_for(task, data.label_names)
+    evaluator.add_batch(logits=out.logits, labels=batch["labels"])
+    scores = evaluator.compute()
+    expected_keys = {
+        "sequence-classification": {"accuracy", "f1"},
+        "token-classification": {"precision", "recall", "f1", "accuracy"},
+    }.get(task, set())
+    assert set(scores) == expected_keys and all(0.0 <= v <= 1.0 for v in scores.values())

@@ -78,6 +78,11 @@ def token_classification(
                 f"Example {index} ({desc}) has {len(row_words)} words but {len(row_tags)} tags: "
                 f"{list(row_words)[:8]} / {list(row_tags)[:8]}. Each word needs exactly one tag."
             )
+    if not getattr(tokenizer, "is_fast", True):
+        raise DataError(
+            f"Token classification needs a fast tokenizer (for word_ids), got a {type(tokenizer).__name__}. "
+            "Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+        )
     examples: list[dict[str, Any]] = []
     for rows in _batches(len(words), desc):
         try:
