@@ -1,0 +1,271 @@
+"""The ``petl`` command.
+
+    petl train --model minilm --task sequence-classification \\
+               --train train.tsv --validation validation.tsv \\
+               --strategy lora --set r=8 --set alpha=16 \\
+               --epochs 3 --learning-rate 1e-3 --output runs/sst2-lora
+
+Each subcommand is added by one ``_add_<name>_parser(subparsers)`` function listed
+in :data:`SUBCOMMANDS`; it sets ``handler`` (a function of the parsed arguments
+returning the exit code) as its default. Errors petl raises for bad input are shown
+as one message on stderr with exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from petl.errors import ConfigError, PetlError
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main", "parse_set"]
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("sequence-classification", "token-classification", "causal-lm", "seq2seq")
+_AUTO_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+}
+FULL = "full"
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """Parse one ``--set key=value``: the value as JSON where it parses (ints, floats,
+    lists, booleans, null), else as a string.
+
+    Raises:
+        ConfigError: ``item`` has no ``=`` or an empty key.
+    """
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value (e.g. --set r=8), got {item!r}.")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = {"true": True, "false": False, "none": None}.get(raw.strip().lower(), raw)
+    return key, value
+
+
+def _add_train_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune a model with a strategy (or in full) on a task's data",
+        description="Fine-tune a Hugging Face model on CSV/TSV/JSONL/CoNLL data and write metrics.json, "
+        "the best adapter (best/), checkpoints and a JSON-lines log to --output.",
+    )
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", required=True, help="a model folder or hub name, or 'minilm' / 'smollm2' (demo models)")
+    g.add_argument("--tokenizer", help="the tokenizer's folder or name (default: the model's)")
+    g.add_argument("--task", required=True, choices=TASKS)
+    g.add_argument("--train", required=True, help="training data: a .csv/.tsv/.jsonl/.json/CoNLL file or folder")
+    g.add_argument("--validation", help="evaluation data, like --train")
+    g.add_argument("--max-length", type=int, default=128, help="truncate sequences to this many tokens (128)")
+    g.add_argument("--text-column", help="the text (or words, prompt, source) column")
+    g.add_argument("--text-pair-column", help="the second sentence column of sentence pairs")
+    g.add_argument("--label-column", help="the label (or tags) column")
+    g.add_argument("--target-column", help="the completion / target column (causal-lm, seq2seq)")
+    g.add_argument("--label-names", help="comma-separated class names in id order")
+    g.add_argument("--limit", type=int, help="use only the first N examples of each split (quick runs)")
+    g.add_argument("--load-in-8bit", action="store_true", help="load the base weights in 8-bit (bitsandbytes)")
+    s = p.add_argument_group("strategy")
+    s.add_argument("--strategy", default="lora", help=f"a registered strategy, or '{FULL}' for full fine-tuning")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a strategy option (repeatable); values parse as JSON where possible, e.g. --set r=8")
+    t = p.add_argument_group("training")
+    t.add_argument("--output", required=True, help="the output folder")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--max-steps", type=int, help="optimizer steps to take (overrides --epochs)")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--eval-batch-size", type=int)
+    t.add_argument("--learning-rate", type=float, help="peak rate (default 1e-3 with a strategy, 5e-5 in full)")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--lr-scheduler", default="linear", help="linear, cosine or constant (after warm-up)")
+    t.add_argument("--warmup-ratio", type=float, default=0.06)
+    t.add_argument("--max-grad-norm", type=float, default=1.0, help="clip gradients to this norm (0 disables)")
+    t.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    t.add_argument("--mixed-precision", default="no", help="no, fp16 or bf16")
+    t.add_argument("--optimizer", default="adamw", help="adamw or adamw8bit")
+    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: after each epoch)")
+    t.add_argument("--save-steps", type=int, help="checkpoint every N steps (default: at each evaluation)")
+    t.add_argument("--metric-for-best", default="eval_loss", help="e.g. eval_loss, accuracy, f1")
+    t.add_argument("--early-stopping-patience", type=int)
+    t.add_argument("--no-load-best-at-end", action="store_true", help="keep the last weights, not the best")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    t.add_argument("--logging-steps", type=int, default=10)
+    t.add_argument("--log-with", help="also log to an Accelerate tracker: tensorboard")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=_run_train)
+
+
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_train_parser,)
+"""The functions that add each subcommand's parser."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``petl`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="petl", description="Parameter-efficient tuning for Hugging Face models.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``petl`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return int(handler(args))
+    except PetlError as exc:
+        print(f"petl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"petl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _model_source(name: str) -> tuple[str, dict[str, Any]]:
+    """The folder (or hub name) to load and the extra ``from_pretrained`` options."""
+    from petl import demo_models
+
+    if name == demo_models.MINILM:
+        return str(demo_models.minilm_path()), {}
+    if name == demo_models.SMOLLM2:
+        return str(demo_models.smollm2_path()), {"gguf_file": demo_models.SMOLLM2_GGUF}
+    return name, {}
+
+
+def _load_tokenizer(name: str, options: dict[str, Any]) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **options)
+    except (OSError, ValueError) as exc:
+        raise PetlError(f"Cannot load a tokenizer from {name!r}: {exc}. Pass --tokenizer with its folder.") from exc
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder-only models often ship without one
+    return tokenizer
+
+
+def load_model(
+    name: str, task: str, *, num_labels: int | None = None, label_names: Sequence[str] | None = None,
+    load_in_8bit: bool = False, pad_token_id: int | None = None,
+) -> Any:
+    """Load ``name`` with the head of ``task`` (``AutoModelFor<Task>.from_pretrained``).
+
+    With ``load_in_8bit`` the linear layers of the body are quantized by bitsandbytes
+    (the task head and output embeddings stay in full precision, as k-bit training
+    needs) and the model is prepared for training with peft's
+    ``prepare_model_for_kbit_training`` (norms and head upcast to fp32, weights frozen).
+
+    Raises:
+        PetlError: The model cannot be loaded.
+    """
+    import torch
+    import transformers
+
+    source, options = _model_source(name)
+    auto = getattr(transformers, _AUTO_CLASSES[task])
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, **options)
+    except (OSError, ValueError) as exc:
+        raise PetlError(f"Cannot load the model {name!r}: {exc}. Pass a local model folder or 'minilm'.") from exc
+    if num_labels is not None and task in ("sequence-classification", "token-classification"):
+        config.num_labels = num_labels
+        if label_names:
+            config.id2label = dict(enumerate(label_names))
+            config.label2id = {label: i for i, label in enumerate(label_names)}
+    if pad_token_id is not None and getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = pad_token_id  # classification heads of decoder models find the last token by it
+    if load_in_8bit:
+        from transformers.quantizers.base import get_keys_to_not_convert
+
+        from petl.heads import find_task_heads
+
+        with torch.device("meta"):
+            skeleton = auto.from_config(config)
+        keep = sorted(set(find_task_heads(skeleton)) | set(get_keys_to_not_convert(skeleton)))
+        options["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True,
+                                                                         llm_int8_skip_modules=keep)
+    try:
+        model = auto.from_pretrained(source, config=config, **options)
+    except (OSError, ValueError) as exc:
+        raise PetlError(f"Cannot load the model {name!r}: {exc}. Pass a local model folder or 'minilm'.") from exc
+    if load_in_8bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from petl.train import TrainConfig
+
+    return TrainConfig(
+        output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        lr_scheduler=args.lr_scheduler, warmup_ratio=args.warmup_ratio,
+        max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
+        optimizer=args.optimizer, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed,
+        eval_steps=args.eval_steps, save_steps=args.save_steps, metric_for_best=args.metric_for_best,
+        early_stopping_patience=args.early_stopping_patience, load_best_at_end=not args.no_load_best_at_end,
+        resume=args.resume, logging_steps=args.logging_steps, log_with=args.log_with,
+        progress_bar=not args.no_progress,
+    )
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import petl
+    from petl.data import load_task_data
+    from petl.train import train
+
+    config = _train_config(args)  # validate every option before loading anything
+    options = dict(parse_set(item) for item in args.set)
+    if args.strategy == FULL:
+        if options:
+            raise ConfigError(f"--set {sorted(options)} has no meaning with --strategy {FULL}: there are no "
+                              "strategy options in full fine-tuning.")
+        if args.load_in_8bit:
+            raise ConfigError(f"--load-in-8bit freezes the base weights in 8-bit, so --strategy {FULL} cannot "
+                              "train them. Pick a strategy such as --strategy lora.")
+    else:
+        petl.registry.get(args.strategy)  # an unknown name fails now, with a suggestion
+    source, source_options = _model_source(args.tokenizer or args.model)
+    tokenizer = _load_tokenizer(source, source_options)
+    data = load_task_data(
+        args.task, args.train, args.validation, tokenizer=tokenizer, max_length=args.max_length,
+        text_column=args.text_column, text_pair_column=args.text_pair_column, label_column=args.label_column,
+        target_column=args.target_column, limit=args.limit,
+        label_names=[n.strip() for n in args.label_names.split(",")] if args.label_names else None,
+    )
+    model = load_model(args.model, args.task, num_labels=data.num_labels, label_names=data.label_names,
+                       load_in_8bit=args.load_in_8bit, pad_token_id=tokenizer.pad_token_id)
+    if args.strategy != FULL:
+        petl.wrap(model, args.strategy, **options)
+        logger.info("%s: %s trainable parameters", args.strategy, petl.count_parameters(model))
+    result = train(model, data, tokenizer=tokenizer, config=config)
+    summary = {"metrics": result.metrics, "global_step": result.global_step, "train_loss": result.train_loss,
+               "runtime_s": round(result.runtime_s, 1), "output": str(Path(args.output))}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

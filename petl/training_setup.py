@@ -1,0 +1,378 @@
+"""Setting up a training run: checking the inputs, building the Accelerate objects,
+and putting the model back as it was afterwards.
+
+Everything here runs before the first step, so bad input (no trainable parameters,
+labels beyond the model's head, an unwritable output folder) fails fast, and
+:meth:`Run.close` undoes what the setup changed on the user's model (the
+mixed-precision forward wrapper, gradient checkpointing, train/eval mode).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from petl.errors import ConfigError, PetlError
+from petl.evaluation import LM_TASKS, TASKS, EvaluatorFactory
+from petl.train_config import TrainConfig
+from petl.train_log import make_temp_dir
+from petl.wrapping import is_wrapped, state_of
+
+__all__ = ["CONFIG_NAME", "EpochOrder", "Run", "check_output_dir", "prepare_run", "resolve_data"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "train_config.json"
+_TASK_CLASS_SUFFIXES = {
+    "sequence-classification": ("ForSequenceClassification",),
+    "token-classification": ("ForTokenClassification",),
+    "causal-lm": ("ForCausalLM", "LMHeadModel"),
+    "seq2seq": ("ForConditionalGeneration", "ForSeq2SeqLM"),
+}
+_KNOWN_METRICS = {
+    "sequence-classification": ("eval_loss", "eval_accuracy", "eval_f1"),
+    "token-classification": ("eval_loss", "eval_precision", "eval_recall", "eval_f1", "eval_accuracy"),
+    "causal-lm": ("eval_loss", "eval_perplexity"),
+    "seq2seq": ("eval_loss", "eval_perplexity"),
+}
+_DEFAULT_LR = {True: 1e-3, False: 5e-5}  # wrapped model, full fine-tuning
+
+
+def _is_task_data(value: Any) -> bool:
+    return all(hasattr(value, name) for name in ("train", "eval", "collator", "task"))
+
+
+def infer_task(model: nn.Module) -> str | None:
+    """The task a Hugging Face model's class is built for, or ``None``."""
+    name = type(model).__name__
+    return next((task for task, ends in _TASK_CLASS_SUFFIXES.items() if name.endswith(ends)), None)
+
+
+def resolve_data(
+    model: nn.Module, train_data: Any, eval_data: Any, *, tokenizer: Any, task: str | None,
+    data_options: Mapping[str, Any] | None,
+) -> Any:
+    """A ``TaskData`` from what the user passed (prepared data, or raw sources to load)."""
+    if task is not None and task not in TASKS:
+        from petl.data import check_task
+
+        check_task(task)
+    model_task = infer_task(model)
+    if _is_task_data(train_data):
+        if eval_data is not None or data_options:
+            raise ConfigError(
+                "train_data is a prepared TaskData: put the evaluation set in its `eval` field and load it with the "
+                "data options, rather than passing eval_data= or data_options= to petl.train."
+            )
+        data = train_data
+        if task is not None and task != data.task:
+            raise ConfigError(f"task={task!r} was given, but the TaskData was prepared for {data.task!r}.")
+    else:
+        task = task or model_task
+        if task is None:
+            raise ConfigError(
+                f"Cannot tell the task of a {type(model).__name__}. Pass task= one of {', '.join(TASKS)}."
+            )
+        if tokenizer is None:
+            raise ConfigError(
+                "Raw training data needs the model's tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...), "
+                "or pass a TaskData prepared with petl.data.load_task_data."
+            )
+        from petl.data import load_task_data  # lazy: petl.data imports datasets
+
+        data = load_task_data(task, train_data, eval_data, tokenizer=tokenizer, **dict(data_options or {}))
+    if data.task not in TASKS:
+        raise ConfigError(f"The data's task {data.task!r} is not one of {', '.join(TASKS)}.")
+    if model_task is not None and model_task != data.task:
+        raise ConfigError(
+            f"A {type(model).__name__} is built for {model_task!r}, but the data is for {data.task!r}. "
+            f"Load the model with the head of the task (e.g. AutoModelFor{_auto_suffix(data.task)})."
+        )
+    if data.train is None or len(data.train) == 0:
+        raise ConfigError("There is no training data: pass a training set with at least one example.")
+    return data
+
+
+def _auto_suffix(task: str) -> str:
+    return {"sequence-classification": "SequenceClassification", "token-classification": "TokenClassification",
+            "causal-lm": "CausalLM", "seq2seq": "Seq2SeqLM"}[task]
+
+
+def check_output_dir(output_dir: str | None) -> Path | None:
+    """Create ``output_dir`` and prove it writable, before any training time is spent.
+
+    Raises:
+        PetlError: The folder cannot be created or written.
+    """
+    if output_dir is None:
+        return None
+    folder = Path(output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".petl-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PetlError(
+            f"The output folder {folder} is not writable ({exc.strerror or exc}). "
+            "Choose another output_dir (--output), or fix its permissions."
+        ) from exc
+    return folder
+
+
+class EpochOrder(Sampler[int]):
+    """A shuffled order of the training set that depends only on the seed and the epoch.
+
+    Resuming needs no sampler state: the order of epoch ``e`` is regenerated, and the
+    batches already seen are skipped.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_order(self, epoch: int) -> None:
+        """Use the order of ``epoch`` (not ``set_epoch``: Accelerate calls that with its own count)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class _CheckedCollator:
+    """The data's collator, refusing class labels that the model's head cannot output."""
+
+    def __init__(self, collator: Any, num_labels: int | None, split: str) -> None:
+        self.collator, self.num_labels, self.split = collator, num_labels, split
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.collator(examples)
+        labels = batch.get("labels")
+        if self.num_labels is not None and labels is not None and not labels.is_floating_point():
+            bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.num_labels))]
+            if bad.numel():
+                from petl.data import LabelError
+
+                raise LabelError(
+                    f"The {self.split} data has label {int(bad[0])}, but the model's head has {self.num_labels} "
+                    f"outputs (labels 0..{self.num_labels - 1}). Fix the labels, or load the model with "
+                    f"num_labels={int(bad.max()) + 1} or more."
+                )
+        return batch
+
+
+class Run:
+    """The objects of one training run, built by :func:`prepare_run`."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    def begin_strategy(self) -> None:
+        if self.strategy is not None:
+            self.strategy.on_train_begin(self.unwrapped, self.total_steps)
+
+    def track(self, values: Mapping[str, float], step: int) -> None:
+        if self.config.log_with is not None:
+            self.accelerator.log({k: v for k, v in values.items() if k != "step"}, step=step)
+
+    def progress_bar(self, initial: int) -> Any:
+        from tqdm.auto import tqdm
+
+        disable = not (self.config.progress_bar and self.accelerator.is_main_process)
+        return tqdm(total=self.total_steps, initial=initial, desc="train", unit="step", disable=disable)
+
+    def save_model(self, folder: Path) -> None:
+        """Save the adapter (``petl.save``) or, under full fine-tuning, the whole model, atomically."""
+        if not self.accelerator.is_main_process:
+            return
+        tmp = make_temp_dir(folder)
+        try:
+            if self.strategy is not None:
+                from petl.io import save
+
+                save(self.unwrapped, tmp)
+            else:
+                self.unwrapped.save_pretrained(tmp, safe_serialization=True)
+            stale = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(stale, ignore_errors=True)
+            if folder.exists():
+                os.rename(folder, stale)
+            os.rename(tmp, folder)
+            shutil.rmtree(stale, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        """Undo the setup's changes to the user's model and release Accelerate's references."""
+        model = self.unwrapped
+        for name in ("forward", "_original_forward"):
+            if name not in self.own_attributes:
+                vars(model).pop(name, None)
+        if self.enabled_checkpointing:
+            model.gradient_checkpointing_disable()
+        if self.enabled_input_grads:
+            model.disable_input_require_grads()
+        model.train(self.was_training)
+        if self.config.log_with is not None:
+            self.accelerator.end_training()
+        self.accelerator.free_memory()
+
+
+def _reset_accelerate() -> None:
+    """Let this run choose its own precision: Accelerate keeps one state per process
+    (transformers' Trainer resets it the same way before each run)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+def _build_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [g for g in ({"params": decay, "weight_decay": config.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    if config.optimizer == "adamw8bit":
+        import bitsandbytes as bnb  # lazy: optional heavy import
+
+        return bnb.optim.AdamW8bit(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def _model_checks(model: nn.Module, data: Any, wrapped: bool) -> None:
+    if not wrapped and (getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False)):
+        raise PetlError(
+            "This model's base weights are quantized (8-bit/4-bit) and cannot be trained in full. "
+            'Wrap it with a strategy first, e.g. petl.wrap(model, "lora", r=8) (--strategy lora).'
+        )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise PetlError(
+            f"No parameter of this {type(model).__name__} requires grad, so there is nothing to train. "
+            "Wrap it with petl.wrap(model, ...), or unfreeze the parameters to fine-tune in full."
+        )
+    head = getattr(getattr(model, "config", None), "num_labels", None)
+    if data.task in ("sequence-classification", "token-classification") and data.num_labels and head:
+        if data.num_labels > head:
+            names = f" ({', '.join(map(str, data.label_names[:10]))})" if data.label_names else ""
+            raise PetlError(
+                f"The data has {data.num_labels} labels{names}, but the model's head has {head} outputs. "
+                f"Load the model with num_labels={data.num_labels}."
+            )
+
+
+def prepare_run(
+    model: nn.Module, data: Any, config: TrainConfig, output_dir: Path | None, evaluator: EvaluatorFactory | None
+) -> Run:
+    """Check the model against the data and build every object of the run."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    wrapped = is_wrapped(model)
+    strategy = state_of(model).strategy if wrapped else None
+    _model_checks(model, data, wrapped)
+    own_attributes = {name for name in ("forward", "_original_forward") if name in vars(model)}
+    was_training = model.training
+    _reset_accelerate()
+    try:
+        accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=config.log_with,
+            project_dir=str(output_dir) if output_dir is not None else None,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"Accelerate cannot set up this run: {exc}") from exc
+    set_seed(config.seed)
+
+    enabled_checkpointing = enabled_input_grads = False
+    if config.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing; "
+                              "train without gradient_checkpointing.")
+        if not getattr(model, "is_gradient_checkpointing", False):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enabled_checkpointing = True
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if wrapped and embeddings is not None and not any(p.requires_grad for p in embeddings.parameters()):
+            # A frozen embedding gives checkpointed blocks inputs without grad; make them require it.
+            model.enable_input_require_grads()
+            enabled_input_grads = True
+
+    num_labels = data.num_labels if data.task in ("sequence-classification", "token-classification") else None
+    head = getattr(getattr(model, "config", None), "num_labels", None)
+    check_labels = head if num_labels is not None and head else num_labels
+    sampler = EpochOrder(len(data.train), config.seed)
+    # Own generators: creating a loader iterator must not draw from the global RNG (dropout uses it).
+    train_loader = DataLoader(
+        data.train, sampler=sampler, batch_size=config.batch_size,
+        collate_fn=_CheckedCollator(data.collator, check_labels, "training"),
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    eval_loader = None
+    if data.eval is not None and len(data.eval) > 0:
+        eval_loader = DataLoader(
+            data.eval, batch_size=config.eval_batch_size or 2 * config.batch_size, shuffle=False,
+            collate_fn=_CheckedCollator(data.collator, check_labels, "evaluation"),
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    lr = config.learning_rate if config.learning_rate is not None else _DEFAULT_LR[wrapped]
+    optimizer = _build_optimizer(model, config, lr)
+    if eval_loader is not None:
+        prepared_model, prepared_optimizer, train_loader, eval_loader = accelerator.prepare(
+            model, optimizer, train_loader, eval_loader)
+    else:
+        prepared_model, prepared_optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
+    scheduler_name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
+    scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+
+    if evaluator is None and data.task not in LM_TASKS:
+        from petl.metrics import evaluator_for
+
+        evaluator_for(data.task, data.label_names)  # fail now, not at the first evaluation
+
+        def evaluator() -> Any:
+            return evaluator_for(data.task, data.label_names)
+
+        known_metrics: tuple[str, ...] | None = _KNOWN_METRICS[data.task]
+    else:
+        known_metrics = _KNOWN_METRICS[data.task] if evaluator is None else None
+    if output_dir is not None and accelerator.is_main_process:
+        (output_dir / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if config.log_with is not None:
+        accelerator.init_trackers("petl", config={k: v for k, v in config.to_dict().items()
+                                                  if isinstance(v, (int, float, str, bool))})
+    logger.info("Training %s for %d steps (%d per epoch) on %d process(es).",
+                "the adapter" if wrapped else "every parameter", total_steps, steps_per_epoch,
+                accelerator.num_processes)
+    prepared_model.train()
+    return Run(
+        config=config, task=data.task, accelerator=accelerator, model=prepared_model,
+        unwrapped=accelerator.unwrap_model(prepared_model), strategy=strategy, trainable=trainable,
+        optimizer=prepared_optimizer, scheduler=scheduler, train_loader=train_loader, eval_loader=eval_loader,
+        sampler=sampler, total_steps=total_steps, steps_per_epoch=steps_per_epoch, output_dir=output_dir,
+        evaluator_factory=evaluator, known_metrics=known_metrics, own_attributes=own_attributes,
+        was_training=was_training, enabled_checkpointing=enabled_checkpointing,
+        enabled_input_grads=enabled_input_grads,
+    )
