@@ -245,6 +245,9 @@ def test_token_classification_int_tags_from_datasets(tok):
     bad = datasets.Dataset.from_dict({"tokens": [["a", "b"]], "ner_tags": [[0, 7]]})
     with pytest.raises(LabelError, match=r"\[7\] .* outside \[0, 5\)"):
         load_task_data("token-classification", bad, tokenizer=tok, label_names=NER_NAMES)
+    text = datasets.Dataset.from_dict({"tokens": ["EU rejects"], "tags": [["B-ORG", "O"]]})
+    with pytest.raises(DataError, match="Row 0 .* 'EU rejects' .* needs a list per row"):
+        load_task_data("token-classification", text, tokenizer=tok)
     mismatch = datasets.Dataset.from_dict({"tokens": [["a", "b"]], "tags": [["O"]]})
     with pytest.raises(DataError, match="2 words but 1 tags"):
         load_task_data("token-classification", mismatch, tokenizer=tok)
@@ -401,8 +404,10 @@ def test_batches_feed_tiny_models(arch, head, task, bos_tok):
 
     rows = {
         "sequence-classification": {"text": ["hello world", "a b a", "chat"], "label": ["x", "y", "z"]},
-        "token-classification": {"tokens": [["hello", "world"], ["a", "b", "a"], ["cat"]],
-                                 "tags": [["B-PER", "I-PER"], ["O", "B-PER", "O"], ["O"]]},
+        "token-classification": {
+            "tokens": [["hello", "world"], ["a", "b", "a"], ["cat"]],
+            "tags": [["B-PER", "I-PER"], ["O", "B-PER", "O"], ["O"]],
+        },
         "causal-lm": {"prompt": ["translate : cat", "hello", "a"], "completion": ["chat", "world a b", "b"]},
         "seq2seq": {"source": ["translate : cat", "hello", "a b"], "target": ["chat", "world a b", "b"]},
     }[task]

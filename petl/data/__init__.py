@@ -208,7 +208,13 @@ def _columns(splits: _Splits, chosen: str | None, candidates: Sequence[str], **k
     first_name, first = _first(splits)
     column = pick_column(first, chosen, candidates, split=first_name, **kw)
     for name, dataset in splits.items():
-        pick_column(dataset, column, candidates, split=name, **kw)
+        if column not in dataset.column_names:
+            flag = "--" + kw["option"].replace("_", "-")
+            raise ColumnNotFoundError(
+                f"The {name} data has no {kw['role']} column {column!r} (the {first_name} data's); its columns are "
+                f"{', '.join(map(repr, dataset.column_names))}. Give both splits the same columns, or choose the "
+                f"column with {flag} NAME / {kw['option']}='NAME'."
+            )
     return column
 
 
@@ -271,17 +277,28 @@ def _token_classification(
     words = _columns(splits, text_column, _WORDS, role="tokens (words)", option="text_column")
     tags = _columns(splits, label_column, _TAGS, role="tag", option="label_column")
     names = label_names if label_names is not None else class_names(first, tags)
-    values = {}
-    for n, d in splits.items():
-        values[n] = [list(row) for row in d[tags]]
+    values = {n: _word_lists(d, tags, split=n) for n, d in splits.items()}
     ids, labels = encode_labels(values, column=tags, label_names=names, num_labels=num_labels, nested=True)
     examples = {
         n: _tasks.token_classification(
-            tokenizer, [list(row) for row in d[words]], ids[n], max_length=max_length, desc=f"Tokenising {n} data"
+            tokenizer, _word_lists(d, words, split=n), ids[n], max_length=max_length, desc=f"Tokenising {n} data"
         )
         for n, d in splits.items()
     }
     return examples, labels
+
+
+def _word_lists(dataset: datasets.Dataset, column: str, *, split: str) -> list[list[Any]]:
+    """The values of a per-word column, checked to be lists (not text, which would split into characters)."""
+    rows = list(dataset[column])
+    for index, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)):
+            raise DataError(
+                f"Row {index} of the {split} data has {row!r} in column {column!r}, but token classification needs "
+                "a list per row (one entry per word). Use a CoNLL file ('word TAG' lines) or JSON lines with lists, "
+                'e.g. {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}.'
+            )
+    return [list(row) for row in rows]
 
 
 def _causal_lm(
