@@ -2,3 +2,4 @@
 
 from petl.strategies import adalora, lora  # noqa: F401
 from petl.strategies import prefix  # noqa: F401
+from petl.strategies import bottleneck  # noqa: F401

@@ -1,0 +1,443 @@
+"""Bottleneck adapters: Houlsby, Pfeiffer and parallel, for any Hugging Face model.
+
+An adapter maps a hidden state ``h`` of width ``d`` through a bottleneck of width
+``m = d / reduction_factor``:
+
+    f(h) = sigma(dropout(h) W_down + b_down) W_up + b_up,   W_down in R^{d x m},  W_up in R^{m x d}
+
+and adds ``2 d m + d + m`` trainable parameters. ``W_up`` and ``b_up`` start at zero,
+so ``f = 0`` and a freshly wrapped model computes exactly what the base model did.
+
+Variants
+--------
+* ``houlsby`` (Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP",
+  section 2.1): a sequential adapter ``h <- h + s f(h)`` on the output of the
+  attention sub-layer and on the output of the feed-forward sub-layer of every block.
+* ``pfeiffer`` (Pfeiffer et al. 2021, "AdapterFusion"): one sequential adapter, on the
+  feed-forward output only; half the parameters and nearly Houlsby's accuracy.
+* ``parallel`` (He et al. 2022, "Towards a Unified View of Parameter-Efficient Transfer
+  Learning", section 3, the scaled parallel adapter): the adapter reads the
+  feed-forward sub-layer's *input* ``x`` and its scaled output is added to the
+  sub-layer's output, ``FFN(x) + s f(x)``, beside the FFN rather than after it.
+
+``s`` is :attr:`BottleneckConfig.scaling`: 1 for the sequential variants (the
+papers' plain residual) and 4 for ``parallel`` (He et al.'s best setting) unless set.
+
+Placement
+---------
+petl hooks the *output projection* of each sub-layer (``attention.output.dense``,
+``o_proj``, ``c_proj``, ``wo``, ``fc2``; see :mod:`petl.architectures`) with a forward
+hook that returns the adapted output, so no model class is swapped and no model code
+is copied. In a post-LN model such as BERT that projection is followed, inside
+``BertSelfOutput`` / ``BertOutput``, by dropout, the residual connection and LayerNorm:
+``LN(x + dropout(adapter(dense(z))))``. The adapter thus sits after the projection back
+to ``d`` and before the skip connection and the layer norm, where Houlsby et al.'s
+Figure 2 puts it. In a pre-LN model (GPT-2, Llama, T5) it sits in the same place,
+between the projection and the residual addition, and the block's norm then applies
+to the next sub-layer's input. AdapterHub's Pfeiffer configuration additionally
+re-applies the block's LayerNorm around the adapter; petl does not, which keeps the
+placement identical across pre- and post-LN families. The parallel adapter reads the
+input of the FFN's first projection (``intermediate.dense``, ``gate_proj``, ``fc1``),
+i.e. the FFN's input after any pre-LN norm, captured by a forward pre-hook.
+
+Each adapter is a child module named ``petl_adapter`` of the projection it follows,
+created on that projection's device and dtype (for an 8-bit bitsandbytes layer: the
+floating-point dtype of the surrounding block), so ``.to()``, state dicts, Accelerate
+and DDP see it. The parallel variant keeps the FFN input between two hooks of one
+forward pass, so ``nn.DataParallel`` (threads over module replicas) is not supported
+for it; DDP is. A nonlinear adapter cannot be folded into the weights: ``merge`` refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from petl.architectures import BlockInfo, find_blocks, linear_dims, parse_module_paths
+from petl.config import StrategyConfig, _set, check
+from petl.errors import AlreadyWrappedError, CheckpointError, ConfigError, UnsupportedModelError, suggest
+from petl.registry import register
+from petl.strategy import StrategyBase
+
+__all__ = ["ADAPTER_NAME", "BottleneckAdapter", "BottleneckConfig", "BottleneckStrategy"]
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_NAME = "petl_adapter"
+VARIANTS = ("houlsby", "pfeiffer", "parallel")
+DEFAULT_REDUCTION_FACTOR = 16
+DEFAULT_SCALING = {"houlsby": 1.0, "pfeiffer": 1.0, "parallel": 4.0}
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BottleneckConfig(StrategyConfig):
+    """Options of the ``bottleneck`` strategy."""
+
+    variant: str = "pfeiffer"
+    """``"houlsby"`` (after attention and FFN), ``"pfeiffer"`` (after the FFN) or
+    ``"parallel"`` (beside the FFN, scaled)."""
+    reduction_factor: float | None = None
+    """Bottleneck width ``m = d // reduction_factor``; 16 when neither this nor
+    ``bottleneck_size`` is given. Pass one of the two, not both."""
+    bottleneck_size: int | None = None
+    """Bottleneck width ``m`` directly, the same for every block."""
+    non_linearity: str = "relu"
+    """The nonlinearity ``sigma`` between the projections: relu, gelu, gelu_tanh, silu
+    (or swish), tanh, sigmoid or leaky_relu."""
+    scaling: float | None = None
+    """Multiplier ``s`` of the adapter's output; ``None`` means 1.0 for the sequential
+    variants and 4.0 for ``parallel`` (He et al. 2022)."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input during training, a regulariser for small data."""
+    layers: tuple[int, ...] | None = None
+    """Indices of the blocks to adapt (encoder blocks first in an encoder-decoder);
+    ``None`` adapts every block."""
+    cross_attention: bool = False
+    """Also put a sequential adapter after the cross-attention output of decoder blocks
+    of encoder-decoder models (sequential variants only)."""
+    module_paths: tuple[dict[str, str], ...] | dict[str, str] | None = None
+    """Where the blocks and projections are, for a family petl does not know, e.g.
+    ``{"blocks": "model.layers", "attention_output": "self_attn.o_proj",
+    "ffn_input": "mlp.up_proj", "ffn_output": "mlp.down_proj"}`` (paths inside a block),
+    or a list of such dicts, one per stack. ``None`` finds them automatically."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(
+            self.variant in VARIANTS,
+            f"Unknown bottleneck variant {self.variant!r}.{suggest(str(self.variant), VARIANTS)} "
+            f"Choose one of: {', '.join(VARIANTS)}.",
+        )
+        if self.reduction_factor is not None and self.bottleneck_size is not None:
+            raise ConfigError(
+                f"Got reduction_factor={self.reduction_factor!r} and bottleneck_size={self.bottleneck_size!r}; "
+                "they both set the bottleneck width, so pass one, not both."
+            )
+        if self.reduction_factor is not None:
+            check(
+                isinstance(self.reduction_factor, (int, float)) and not isinstance(self.reduction_factor, bool)
+                and self.reduction_factor > 0,
+                "reduction_factor must be a positive number (m = d // reduction_factor), "
+                f"got {self.reduction_factor!r}.",
+            )
+        if self.bottleneck_size is not None:
+            check(
+                isinstance(self.bottleneck_size, int) and not isinstance(self.bottleneck_size, bool)
+                and self.bottleneck_size > 0,
+                f"bottleneck_size must be a positive integer, got {self.bottleneck_size!r}.",
+            )
+        check(
+            self.non_linearity in _ACTIVATIONS,
+            f"Unknown non_linearity {self.non_linearity!r}.{suggest(str(self.non_linearity), _ACTIVATIONS)} "
+            f"Choose one of: {', '.join(_ACTIVATIONS)}.",
+        )
+        if self.scaling is not None:
+            check(
+                isinstance(self.scaling, (int, float)) and not isinstance(self.scaling, bool),
+                f"scaling must be a number, got {self.scaling!r}.",
+            )
+        check(
+            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
+            f"dropout must be in [0, 1), got {self.dropout!r}.",
+        )
+        if self.layers is not None:
+            _set(self, "layers", _int_tuple(self.layers))
+        check(
+            isinstance(self.cross_attention, bool),
+            f"cross_attention must be True or False, got {self.cross_attention!r}.",
+        )
+        check(
+            not (self.cross_attention and self.variant == "parallel"),
+            "cross_attention=True adds sequential adapters; use it with variant='houlsby' or 'pfeiffer'.",
+        )
+        if self.module_paths is not None:
+            stacks = parse_module_paths(self.module_paths)
+            _set(self, "module_paths", tuple({k: v for k, v in vars(s).items() if v is not None} for s in stacks))
+
+    @property
+    def effective_scaling(self) -> float:
+        """``scaling``, or the variant's default when it is ``None``."""
+        return float(self.scaling) if self.scaling is not None else DEFAULT_SCALING[self.variant]
+
+    def bottleneck_for(self, hidden_size: int) -> int:
+        """The bottleneck width ``m`` for blocks of width ``hidden_size``.
+
+        Raises:
+            ConfigError: ``reduction_factor`` leaves no unit (it exceeds ``hidden_size``).
+        """
+        if self.bottleneck_size is not None:
+            return self.bottleneck_size
+        factor = self.reduction_factor if self.reduction_factor is not None else DEFAULT_REDUCTION_FACTOR
+        width = int(hidden_size // factor)
+        if width < 1:
+            raise ConfigError(
+                f"reduction_factor={factor!r} is larger than the hidden size {hidden_size}, which leaves a "
+                f"bottleneck of width 0. Use a reduction_factor of at most {hidden_size}, or pass bottleneck_size."
+            )
+        return width
+
+
+def _int_tuple(value: Any) -> tuple[int, ...]:
+    items = (value,) if isinstance(value, int) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise ConfigError(f"layers must be a list of block indices, got {value!r}.") from None
+    if not items or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
+        raise ConfigError(f"layers must be a non-empty list of block indices (integers >= 0), got {value!r}.")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"layers lists a block twice: {value!r}.")
+    return items
+
+
+class BottleneckAdapter(nn.Module):
+    """``s * (sigma(dropout(x) W_down + b_down) W_up + b_up)``, with ``W_up``, ``b_up`` zero at start."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        bottleneck_size: int,
+        *,
+        non_linearity: str = "relu",
+        scaling: float = 1.0,
+        dropout: float = 0.0,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.down = nn.Linear(hidden_size, bottleneck_size, device=device, dtype=dtype)
+        self.act = _ACTIVATIONS[non_linearity]()
+        self.up = nn.Linear(bottleneck_size, hidden_size, device=device, dtype=dtype)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.scaling = scaling
+
+    def add_to(self, base: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``base + s * f(x)``, computed in the adapter's dtype and returned in ``base``'s."""
+        dtype = self.down.weight.dtype
+        z = self.up(self.act(self.down(self.dropout(x if x.dtype == dtype else x.to(dtype)))))
+        if z.dtype != base.dtype:
+            z = z.to(base.dtype)
+        return torch.add(base, z, alpha=self.scaling)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """The sequential adapter with its residual: ``h + s * f(h)``."""
+        return self.add_to(h, h)
+
+    def extra_repr(self) -> str:
+        return f"scaling={self.scaling}"
+
+
+def _map_first(output: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply ``fn`` to a module's output, or to the first item of a tuple output."""
+    if isinstance(output, tuple):
+        return (fn(output[0]), *output[1:])
+    return fn(output)
+
+
+def _sequential_hook(module: nn.Module, args: Any, output: Any) -> Any:
+    adapter = module._modules[ADAPTER_NAME]
+    return _map_first(output, adapter)
+
+
+class _ParallelLink:
+    """Carries the FFN input from the pre-hook on its first projection to the hook on its output."""
+
+    __slots__ = ("x",)
+
+    def __init__(self) -> None:
+        self.x: torch.Tensor | None = None
+
+    def capture(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.x = args[0]
+
+    def add(self, module: nn.Module, args: Any, output: Any) -> Any:
+        x, self.x = self.x, None  # release the activation as soon as it is used
+        if x is None:
+            raise UnsupportedModelError(
+                f"The parallel adapter on {type(module).__name__} ran before the FFN input projection it reads; "
+                "pass module_paths with an 'ffn_input' that runs before 'ffn_output'."
+            )
+        adapter = module._modules[ADAPTER_NAME]
+        return _map_first(output, lambda out: adapter.add_to(out, x))
+
+
+@dataclass
+class _Injected:
+    """One adapter petl added: where, and the hooks that drive it."""
+
+    path: str
+    handles: list[RemovableHandle] = field(default_factory=list)
+
+
+def _placement(target: nn.Module, block: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating-point dtype for an adapter on ``target`` (8-bit layers: the block's)."""
+    own = list(target.parameters(recurse=False))
+    device = own[0].device if own else next((p.device for p in block.parameters()), torch.device("cpu"))
+    weight = getattr(target, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+        return device, weight.dtype
+    floats = (p.dtype for p in block.parameters() if p.is_floating_point())
+    return device, next(floats, torch.get_default_dtype())
+
+
+def _hidden_of(model: nn.Module, path: str, default: int) -> int:
+    dims = linear_dims(model.get_submodule(path))
+    return dims[1] if dims is not None else default
+
+
+@register("bottleneck")
+class BottleneckStrategy(StrategyBase):
+    """Bottleneck adapters placed with forward hooks; see the module docstring."""
+
+    config_class: ClassVar[type[StrategyConfig]] = BottleneckConfig
+    merge_refusal: ClassVar[str] = (
+        "a bottleneck adapter applies a nonlinearity between its two projections, "
+        "so no change of the existing linear weights reproduces it"
+    )
+
+    config: BottleneckConfig
+
+    def __init__(self, config: BottleneckConfig) -> None:
+        super().__init__(config)
+        self._injected: list[_Injected] = []
+
+    def _targets(self, model: nn.Module) -> list[tuple[str, str | None, BlockInfo]]:
+        """``(path to adapt, FFN input path for parallel, block)`` for every adapter, checked."""
+        c = self.config
+        paths = parse_module_paths(c.module_paths) if c.module_paths is not None else None
+        blocks = find_blocks(model, paths)
+        if c.layers is not None:
+            bad = [i for i in c.layers if i >= len(blocks)]
+            if bad:
+                ranges: dict[str, list[int]] = {}
+                for b in blocks:
+                    ranges.setdefault(b.stack, []).append(b.index)
+                spans = ", ".join(f"{stack}: {ids[0]}-{ids[-1]}" for stack, ids in ranges.items())
+                raise ConfigError(
+                    f"layers={list(c.layers)} names block(s) {bad}, but this {type(model).__name__} has "
+                    f"{len(blocks)} blocks, indexed 0-{len(blocks) - 1} ({spans})."
+                )
+            blocks = [blocks[i] for i in sorted(c.layers)]
+        wanted = {"houlsby": ("attention_output", "ffn_output"), "pfeiffer": ("ffn_output",),
+                  "parallel": ("ffn_output",)}[c.variant]
+        targets: list[tuple[str, str | None, BlockInfo]] = []
+        for block in blocks:
+            needs = [*wanted, "ffn_input"] if c.variant == "parallel" else list(wanted)
+            missing = [key for key in needs if getattr(block, key) is None]
+            if missing:
+                raise UnsupportedModelError(
+                    f"The {c.variant!r} variant needs the {' and '.join(k.replace('_', ' ') for k in missing)} "
+                    f"projection of every block, which block {block.path!r} of this {type(model).__name__} lacks. "
+                    "Pass module_paths={'blocks': ..., " + ", ".join(f"'{k}': ..." for k in needs) + "}."
+                )
+            for key in wanted:
+                targets.append((getattr(block, key), block.ffn_input if c.variant == "parallel" else None, block))
+            if c.cross_attention and block.cross_attention_output is not None:
+                targets.append((block.cross_attention_output, None, block))
+        if c.cross_attention and not any(b.cross_attention_output for b in blocks):
+            raise UnsupportedModelError(
+                f"cross_attention=True, but no adapted block of this {type(model).__name__} has a cross-attention; "
+                "it applies to the decoder of encoder-decoder models. Remove the option."
+            )
+        seen: set[int] = set()
+        for path, _, _ in targets:
+            module = model.get_submodule(path)
+            if id(module) in seen:
+                raise UnsupportedModelError(
+                    f"{path!r} is the same module object as another adapted projection (shared weights across "
+                    "blocks); one hook would run one adapter for several blocks. Pass layers=[...] to adapt "
+                    "each shared module once."
+                )
+            seen.add(id(module))
+        return targets
+
+    def inject(self, model: nn.Module) -> None:
+        existing = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] == ADAPTER_NAME]
+        if self._injected or existing:
+            raise AlreadyWrappedError(
+                f"This {type(model).__name__} already carries bottleneck adapters "
+                f"({(existing or [r.path for r in self._injected])[0]}...). Call petl.unwrap(model) first."
+            )
+        targets = self._targets(model)  # every check happens before the model is touched
+        c = self.config
+        try:
+            for path, ffn_input, block in targets:
+                self._add(model, path, ffn_input, block)
+        except BaseException:
+            self.remove(model)
+            raise
+        logger.info("Added %d %s adapters to %s.", len(self._injected), c.variant, type(model).__name__)
+
+    def _add(self, model: nn.Module, path: str, ffn_input: str | None, block: BlockInfo) -> None:
+        c = self.config
+        target = model.get_submodule(path)
+        hidden = _hidden_of(model, path, block.hidden_size)
+        device, dtype = _placement(target, model.get_submodule(block.path))
+        adapter = BottleneckAdapter(
+            hidden, c.bottleneck_for(hidden), non_linearity=c.non_linearity, scaling=c.effective_scaling,
+            dropout=c.dropout, device=device, dtype=dtype,
+        )
+        adapter.train(target.training)  # a new module starts in training mode; follow the model's mode
+        record = _Injected(path)
+        self._injected.append(record)
+        target.add_module(ADAPTER_NAME, adapter)
+        if ffn_input is not None and path == block.ffn_output:
+            link = _ParallelLink()
+            record.handles.append(model.get_submodule(ffn_input).register_forward_pre_hook(link.capture))
+            record.handles.append(target.register_forward_hook(link.add))
+        else:
+            record.handles.append(target.register_forward_hook(_sequential_hook))
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {}
+        for record in self._injected:
+            adapter = model.get_submodule(f"{record.path}.{ADAPTER_NAME}")
+            for name, param in adapter.named_parameters():
+                state[f"{record.path}.{ADAPTER_NAME}.{name}"] = param.detach()
+        return state
+
+    def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        expected = self.adapter_state_dict(model)
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        shapes = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+        if missing or unexpected or shapes:
+            raise CheckpointError(
+                f"The bottleneck adapter tensors do not fit this model: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}, shape mismatches {shapes[:3]}. "
+                "Load them onto a model wrapped with the same options."
+            )
+        with torch.no_grad():
+            for key, param in expected.items():
+                param.copy_(state_dict[key])
+
+    def remove(self, model: nn.Module) -> nn.Module:
+        for record in reversed(self._injected):
+            for handle in record.handles:
+                handle.remove()
+            try:
+                target = model.get_submodule(record.path)
+            except AttributeError:
+                continue
+            target._modules.pop(ADAPTER_NAME, None)
+        self._injected.clear()
+        return model
