@@ -246,13 +246,19 @@ def read_checkpoint(
             f"shape mismatches {sorted(shapes)[:3]}. Resume with the same model and strategy options, "
             "or choose a fresh output folder."
         )
+    try:
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        if scaler is not None and scaler_state is not None:
+            scaler.load_state_dict(scaler_state)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"The optimizer state in {folder} does not fit this run ({exc}). Resume with the same model, "
+            "strategy and optimizer options, or choose a fresh output folder."
+        ) from exc
     with torch.no_grad():
         for key, param in params.items():
             param.copy_(weights[key])
-    optimizer.load_state_dict(optimizer_state)
-    scheduler.load_state_dict(scheduler_state)
-    if scaler is not None and scaler_state is not None:
-        scaler.load_state_dict(scaler_state)
     set_rng_state(rng)
     return state
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOG_NAME", "METRICS_NAME", "JsonLinesLog", "LossWindow", "make_temp_dir", "write_json"]
+__all__ = ["LOG_NAME", "METRICS_NAME", "JsonLinesLog", "LossWindow", "make_temp_dir", "relax_permissions", "write_json"]
 
 LOG_NAME = "log.jsonl"
 METRICS_NAME = "metrics.json"
@@ -76,6 +76,14 @@ def make_temp_dir(final: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def relax_permissions(folder: Path) -> None:
+    """Give the files in ``folder`` the permissions of any new file (``mkstemp`` makes them private)."""
+    mode = 0o666 & ~_umask()
+    for path in folder.iterdir():
+        if path.is_file():
+            os.chmod(path, mode)
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -83,6 +83,7 @@ class TrainLoop:
         self.eval_history: list[dict[str, float]] = []
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.last_checkpoint: Path | None = None
+        self.learning_rate = float("nan")
         self.log = JsonLinesLog(run.output_dir / LOG_NAME if run.output_dir and self.acc.is_main_process else None)
 
     # -- state -------------------------------------------------------------------------------
@@ -223,6 +224,7 @@ class TrainLoop:
             )
         if self.config.max_grad_norm is not None:
             acc.clip_grad_norm_(run.trainable, self.config.max_grad_norm)
+        self.learning_rate = float(run.optimizer.param_groups[0]["lr"])  # the rate this step uses
         run.optimizer.step()
         self.global_step += 1
         if run.strategy is not None:
@@ -234,7 +236,7 @@ class TrainLoop:
         return value
 
     def _maybe_log(self, window: LossWindow, progress: Any) -> None:
-        lr = self.run.scheduler.get_last_lr()[0]
+        lr = self.learning_rate
         progress.set_postfix(loss=f"{window.last:.4f}", lr=f"{lr:.2e}", refresh=False)
         if self.global_step % self.config.logging_steps and self.global_step != self.run.total_steps:
             return

@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader, Sampler
 from petl.errors import ConfigError, PetlError
 from petl.evaluation import LM_TASKS, TASKS, EvaluatorFactory
 from petl.train_config import TrainConfig
-from petl.train_log import make_temp_dir
+from petl.train_log import make_temp_dir, relax_permissions
 from petl.wrapping import is_wrapped, state_of
 
-__all__ = ["CONFIG_NAME", "EpochOrder", "Run", "check_output_dir", "prepare_run", "resolve_data"]
+__all__ = ["CONFIG_NAME", "EpochOrder", "Run", "build_optimizer", "check_output_dir", "prepare_run", "resolve_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,25 +109,55 @@ def _auto_suffix(task: str) -> str:
             "causal-lm": "CausalLM", "seq2seq": "Seq2SeqLM"}[task]
 
 
+def _cpu_processes() -> bool:
+    """Whether this is one of several processes on a machine without an accelerator device.
+
+    Accelerate sets up gloo for such a run only when asked for the CPU explicitly
+    (``accelerate launch --cpu`` does it; plain ``torchrun`` does not).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    device_api = getattr(torch, "accelerator", None)
+    has_device = device_api.is_available() if device_api is not None else torch.cuda.is_available()
+    return not has_device
+
+
+def _partial_state() -> Any:
+    from accelerate import PartialState
+
+    return PartialState(cpu=_cpu_processes())
+
+
 def check_output_dir(output_dir: str | None) -> Path | None:
     """Create ``output_dir`` and prove it writable, before any training time is spent.
 
+    The main process creates and probes the folder; the others only check that they
+    can write there, so under data parallelism no other process writes a file.
+
     Raises:
-        PetlError: The folder cannot be created or written.
+        PetlError: The folder cannot be created or written (on every process).
     """
     if output_dir is None:
         return None
+    state = _partial_state()
     folder = Path(output_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".petl-write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
+    problem: str | None = None
+    if state.is_main_process:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".petl-write-test.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            problem = str(exc.strerror or exc)
+    state.wait_for_everyone()  # every process reaches this, failing or not, so none waits forever
+    if problem is None and not state.is_main_process and not (folder.is_dir() and os.access(folder, os.W_OK)):
+        problem = "the main process could not create it, or this process cannot write there"
+    if problem is not None:
         raise PetlError(
-            f"The output folder {folder} is not writable ({exc.strerror or exc}). "
+            f"The output folder {folder} is not writable ({problem}). "
             "Choose another output_dir (--output), or fix its permissions."
-        ) from exc
+        )
     return folder
 
 
@@ -207,6 +237,7 @@ class Run:
                 save(self.unwrapped, tmp)
             else:
                 self.unwrapped.save_pretrained(tmp, safe_serialization=True)
+            relax_permissions(tmp)
             stale = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(stale, ignore_errors=True)
             if folder.exists():
@@ -242,7 +273,8 @@ def _reset_accelerate() -> None:
     GradientState._reset_state()
 
 
-def _build_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; weight decay on matrices only (not biases or norms)."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -293,6 +325,7 @@ def prepare_run(
     _reset_accelerate()
     try:
         accelerator = Accelerator(
+            cpu=_cpu_processes(),
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=config.log_with,
@@ -316,9 +349,9 @@ def prepare_run(
             model.enable_input_require_grads()
             enabled_input_grads = True
 
-    num_labels = data.num_labels if data.task in ("sequence-classification", "token-classification") else None
-    head = getattr(getattr(model, "config", None), "num_labels", None)
-    check_labels = head if num_labels is not None and head else num_labels
+    check_labels = None  # the number of classes the head can output
+    if data.task in ("sequence-classification", "token-classification"):
+        check_labels = getattr(getattr(model, "config", None), "num_labels", None) or data.num_labels
     sampler = EpochOrder(len(data.train), config.seed)
     # Own generators: creating a loader iterator must not draw from the global RNG (dropout uses it).
     train_loader = DataLoader(
@@ -335,7 +368,7 @@ def prepare_run(
         )
     trainable = [p for p in model.parameters() if p.requires_grad]
     lr = config.learning_rate if config.learning_rate is not None else _DEFAULT_LR[wrapped]
-    optimizer = _build_optimizer(model, config, lr)
+    optimizer = build_optimizer(model, config, lr)
     if eval_loader is not None:
         prepared_model, prepared_optimizer, train_loader, eval_loader = accelerator.prepare(
             model, optimizer, train_loader, eval_loader)
