@@ -245,8 +245,8 @@ def _run_train(args: argparse.Namespace) -> int:
         if args.load_in_8bit:
             raise ConfigError(f"--load-in-8bit freezes the base weights in 8-bit, so --strategy {FULL} cannot "
                               "train them. Pick a strategy such as --strategy lora.")
-    else:
-        petl.registry.get(args.strategy)  # an unknown name fails now, with a suggestion
+    else:  # an unknown strategy or option fails now, with a suggestion, before anything is loaded
+        petl.registry.get(args.strategy).config_class.from_dict(options)
     source, source_options = _model_source(args.tokenizer or args.model)
     tokenizer = _load_tokenizer(source, source_options)
     data = load_task_data(
