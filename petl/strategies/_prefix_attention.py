@@ -87,7 +87,7 @@ class _Recorder:
 _RECORDER: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar("petl_prefix_recorder", default=None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _eager_function(module_class: type) -> Callable[..., Any]:
     """The eager attention function of the file that defines ``module_class``."""
     function = getattr(sys.modules.get(module_class.__module__), "eager_attention_forward", None)
@@ -179,7 +179,7 @@ def _prefix_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
     return sdpa_mask(*args, **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _register() -> None:
     """Add petl's names to transformers' attention and mask interfaces (once per process)."""
     for base, name in NAMES.items():
@@ -214,7 +214,7 @@ def switch_attention(model: nn.Module) -> list[tuple[PretrainedConfig, str | Non
             "transformers' AttentionInterface, which prefix-tuning needs. Pass a Hugging Face PreTrainedModel."
         )
     originals = [(config, config._attn_implementation) for config in configs]
-    for config, implementation in originals:
+    for _, implementation in originals:
         if implementation in NAMES.values():
             raise UnsupportedModelError(
                 f"{type(model).__name__} already runs petl's prefix attention ({implementation!r}): it is wrapped "

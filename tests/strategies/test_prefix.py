@@ -6,12 +6,12 @@ from __future__ import annotations
 import copy
 
 import pytest
+import tiny_models as T
 import torch
 from peft import PrefixTuningConfig, get_peft_model
 from torch import nn
 
 import petl
-import tiny_models as T
 from petl.errors import ConfigError, NotMergeableError, PetlError, UnsupportedModelError
 from petl.strategies._prefix_attention import widen_mask
 from petl.strategies.prefix import PrefixConfig, PrefixStrategy
@@ -92,7 +92,9 @@ def test_eager_and_sdpa_wrappers_agree(arch: str, head: str) -> None:
 def test_parity_with_peft_prefix_tuning(arch: str, projection: int | None) -> None:
     batch = T.inputs(arch, "causal-lm")
     config = PrefixTuningConfig(
-        num_virtual_tokens=P, task_type="CAUSAL_LM", prefix_projection=projection is not None,
+        num_virtual_tokens=P,
+        task_type="CAUSAL_LM",
+        prefix_projection=projection is not None,
         encoder_hidden_size=projection or T.HIDDEN,
     )
     theirs = get_peft_model(T.build(arch, "causal-lm"), config)
@@ -184,8 +186,13 @@ def test_widen_mask_aligns_a_missing_causal_mask_with_the_cache() -> None:
 
 @pytest.mark.parametrize(
     "arch,head,impl",
-    [("gpt2", "causal-lm", "eager"), ("llama", "causal-lm", "sdpa"), ("mistral", "causal-lm", "eager"),
-     ("bart", "seq2seq-lm", "sdpa"), ("t5", "seq2seq-lm", "eager")],
+    [
+        ("gpt2", "causal-lm", "eager"),
+        ("llama", "causal-lm", "sdpa"),
+        ("mistral", "causal-lm", "eager"),
+        ("bart", "seq2seq-lm", "sdpa"),
+        ("t5", "seq2seq-lm", "eager"),
+    ],
 )
 def test_cached_generation_equals_step_by_step_full_forwards(arch: str, head: str, impl: str) -> None:
     model = T.build(arch, head)
@@ -195,8 +202,15 @@ def test_cached_generation_equals_step_by_step_full_forwards(arch: str, head: st
     ids = T.inputs(arch, head)["input_ids"][:1]
     steps = 5
     out = model.generate(
-        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, min_new_tokens=steps,
-        do_sample=False, use_cache=True, output_logits=True, output_scores=True, return_dict_in_generate=True,
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        do_sample=False,
+        use_cache=True,
+        output_logits=True,
+        output_scores=True,
+        return_dict_in_generate=True,
     )
     seq = out.sequences[:, :1] if model.config.is_encoder_decoder else ids
     with torch.no_grad():
@@ -211,8 +225,9 @@ def test_cached_generation_equals_step_by_step_full_forwards(arch: str, head: st
     assert torch.equal(seq, out.sequences)
 
 
-@pytest.mark.parametrize("arch,head", [("gpt2", "causal-lm"), ("llama", "causal-lm"), ("bert", "seq-cls"),
-                                       ("t5", "seq2seq-lm")])
+@pytest.mark.parametrize(
+    "arch,head", [("gpt2", "causal-lm"), ("llama", "causal-lm"), ("bert", "seq-cls"), ("t5", "seq2seq-lm")]
+)
 def test_gradient_checkpointing_gives_the_same_gradients(arch: str, head: str) -> None:
     batch = T.inputs(arch, head)
     grads = []
@@ -230,8 +245,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch: str, head: str) -
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch,head,projection", [("bert", "seq-cls", None), ("llama", "causal-lm", 16),
-                                                  ("bart", "seq2seq-lm", None)])
+@pytest.mark.parametrize(
+    "arch,head,projection", [("bert", "seq-cls", None), ("llama", "causal-lm", 16), ("bart", "seq2seq-lm", None)]
+)
 def test_save_load_round_trip_is_exact(arch: str, head: str, projection: int | None, tmp_path) -> None:
     batch = T.inputs(arch, head)
     model = petl.wrap(T.build(arch, head), "prefix", num_virtual_tokens=P, projection=projection)
