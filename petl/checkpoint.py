@@ -9,6 +9,8 @@ A checkpoint is a folder ``checkpoint-<step>`` inside the output folder:
   tensors in safetensors and the structure around them in JSON (the same for the
   gradient scaler of fp16 training, ``scaler.json``);
 * ``scheduler.json``: the learning-rate scheduler's state;
+* ``strategy.json`` (+ ``strategy.safetensors``): training state a strategy keeps
+  outside its parameters, for strategies that expose it (see :func:`strategy_state`);
 * ``rng.safetensors``: the torch (and CUDA) generator states; the Python and NumPy
   generator states are in ``trainer_state.json``;
 * ``trainer_state.json``: the step, the position in the epoch, the best metric so
@@ -45,7 +47,9 @@ __all__ = [
     "decode_structure",
     "encode_structure",
     "latest_checkpoint",
+    "load_strategy_state",
     "read_checkpoint",
+    "strategy_state",
     "write_checkpoint",
 ]
 
@@ -151,6 +155,7 @@ def write_checkpoint(
     scaler: Any,
     trainer_state: dict[str, Any],
     best_weights: Mapping[str, torch.Tensor] | None = None,
+    strategy_state: Any = None,
     keep: int = 1,
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically and keep only the ``keep`` newest checkpoints.
@@ -173,6 +178,8 @@ def write_checkpoint(
         _write_structure(tmp, "scheduler", scheduler.state_dict())
         if scaler is not None:
             _write_structure(tmp, "scaler", scaler.state_dict())
+        if strategy_state is not None:
+            _write_structure(tmp, "strategy", strategy_state)
         rng_tensors: dict[str, torch.Tensor] = {}
         state = {**trainer_state, "format_version": FORMAT_VERSION, "rng": encode_structure(rng_state(), rng_tensors)}
         save_file(rng_tensors, tmp / "rng.safetensors")
@@ -217,7 +224,8 @@ def read_checkpoint(
 
     Returns:
         The trainer state saved with it (step, epoch position, best metric, ...), with
-        ``"best_weights"``: the tensors of ``best.safetensors``, or ``None``.
+        ``"best_weights"``: the tensors of ``best.safetensors``, or ``None``, and
+        ``"strategy_state"``: what :func:`strategy_state` saved, or ``None``.
 
     Raises:
         CheckpointError: The checkpoint is unreadable or does not fit the model.
@@ -231,6 +239,8 @@ def read_checkpoint(
         rng = decode_structure(state.pop("rng"), load_file(folder / "rng.safetensors"))
         best_path = folder / "best.safetensors"
         state["best_weights"] = load_file(best_path) if best_path.is_file() else None
+        has_strategy = (folder / "strategy.json").is_file()
+        state["strategy_state"] = _read_structure(folder, "strategy") if has_strategy else None
     except (OSError, json.JSONDecodeError, SafetensorError, KeyError, ValueError) as exc:
         raise CheckpointError(
             f"The checkpoint {folder} is unreadable ({exc}). Delete it to resume from an older one, "
@@ -262,3 +272,27 @@ def read_checkpoint(
     set_rng_state(rng)
     return state
 
+
+def strategy_state(strategy: Any, model: nn.Module) -> Any:
+    """The training state a strategy keeps outside its parameters, or ``None``.
+
+    A strategy opts in with two methods (no strategy name is looked at):
+    ``training_state(model)`` returning plain data and tensors, and
+    ``load_training_state(model, state)`` taking it back on resume. AdaLoRA's
+    importance scores and rank pattern are such state.
+    """
+    getter = getattr(strategy, "training_state", None)
+    return getter(model) if strategy is not None and callable(getter) else None
+
+
+def load_strategy_state(strategy: Any, model: nn.Module, state: Any, folder: Path) -> None:
+    """Give a strategy back the state :func:`strategy_state` saved in ``folder``."""
+    if state is None:
+        return
+    loader = getattr(strategy, "load_training_state", None)
+    if strategy is None or not callable(loader):
+        raise CheckpointError(
+            f"The checkpoint {folder} holds strategy training state, but this model's strategy cannot take it "
+            "(it has no load_training_state). Resume with the strategy the run was started with."
+        )
+    loader(model, state)

@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-from petl.checkpoint import latest_checkpoint, read_checkpoint, trainable_state, write_checkpoint
+from petl.checkpoint import (
+    latest_checkpoint,
+    load_strategy_state,
+    read_checkpoint,
+    strategy_state,
+    trainable_state,
+    write_checkpoint,
+)
 from petl.errors import CheckpointError, ConfigError, PetlError, suggest
 from petl.evaluation import BestTracker, evaluate, lower_is_better, metric_key
 from petl.train_config import TrainConfig
@@ -127,6 +134,7 @@ class TrainLoop:
                 "options of the interrupted run (total_steps follows from epochs/max_steps and the data size), "
                 "or start afresh in a new output folder."
             )
+        load_strategy_state(self.run.strategy, self.run.unwrapped, state["strategy_state"], folder)
         self.global_step, self.epoch = state["global_step"], state["epoch"]
         self.batches_in_epoch = state["batches_in_epoch"]
         self.step_losses = list(state["step_losses"])
@@ -306,6 +314,7 @@ class TrainLoop:
                 run.output_dir, self.global_step, model=run.unwrapped, optimizer=run.optimizer,
                 scheduler=run.scheduler, scaler=self.acc.scaler, trainer_state=self._trainer_state(),
                 best_weights=self.best_weights if self.best.best_step != self.global_step else None,
+                strategy_state=strategy_state(run.strategy, run.unwrapped),
             )
         else:
             self.last_checkpoint = run.output_dir / f"checkpoint-{self.global_step}"

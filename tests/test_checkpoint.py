@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import petl
 from petl import checkpoint
 from petl.checkpoint import decode_structure, encode_structure, latest_checkpoint, trainable_state
 from petl.errors import CheckpointError
+from petl.strategies.lora import LoraConfig, LoraStrategy
 from petl.train import TrainConfig, train
 
 
@@ -147,3 +149,54 @@ def test_checkpoints_hold_no_pickles_and_load_without_unpickling(tmp_path: Path,
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "load", refuse)
     assert train(_model(), data, config=config.replace(resume=True)).global_step == 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatefulConfig(LoraConfig):
+    """LoRA options under a test-only strategy name."""
+
+
+class StatefulLora(LoraStrategy):
+    """LoRA that keeps a running statistic outside its parameters, as AdaLoRA does."""
+
+    config_class: ClassVar[type] = StatefulConfig
+
+    def __init__(self, config: StatefulConfig) -> None:
+        super().__init__(config)
+        self.steps: list[int] = []
+        self.score = torch.zeros(())
+
+    def on_step_end(self, model: torch.nn.Module, step: int) -> None:
+        self.steps.append(step)
+        self.score = 0.5 * self.score + sum(p.grad.abs().sum() for p in trainable_state(model).values())
+
+    def training_state(self, model: torch.nn.Module) -> dict[str, Any]:
+        return {"steps": list(self.steps), "score": self.score.clone()}
+
+    def load_training_state(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
+        self.steps, self.score = list(state["steps"]), state["score"].clone()
+
+
+def test_strategy_training_state_is_checkpointed(tmp_path: Path) -> None:
+    petl.register("stateful-lora-test")(StatefulLora)
+    try:
+        data = task_data("sequence-classification")
+        config = TrainConfig(max_steps=6, batch_size=4, save_steps=3, progress_bar=False, learning_rate=1e-2)
+
+        def model() -> torch.nn.Module:
+            torch.manual_seed(0)
+            return petl.wrap(tm.build("bert", "seq-cls"), "stateful-lora-test", r=4)
+
+        straight = model()
+        train(straight, data, config=config.replace(output_dir=str(tmp_path / "a")))
+        broken = model()
+        _interrupt_after(broken, forwards=4)
+        with pytest.raises(Interrupt):
+            train(broken, data, config=config.replace(output_dir=str(tmp_path / "b")))
+        resumed = model()
+        train(resumed, data, config=config.replace(output_dir=str(tmp_path / "b"), resume=True))
+        a, b = (petl.wrapping.state_of(m).strategy for m in (straight, resumed))
+        assert b.steps == a.steps == [1, 2, 3, 4, 5, 6]
+        assert torch.equal(a.score, b.score)
+    finally:
+        petl.registry.unregister("stateful-lora-test")

@@ -221,6 +221,17 @@ def test_strategy_hooks_are_called_through_the_protocol(counting_strategy: str) 
     assert all(v > CountingLora.REGULARIZER for v in result.step_losses)  # the term is in the loss
 
 
+def test_adalora_reallocates_its_rank_budget_during_training() -> None:
+    model = wrapped(strategy="adalora", init_r=6, target_r=2, tinit=2, tfinal=2, deltaT=1)
+    strategy = petl.wrapping.state_of(model).strategy
+    assert set(strategy.effective_ranks(model).values()) == {6}
+    result = train(model, task_data("sequence-classification"), config=quick(max_steps=10, learning_rate=1e-2))
+    ranks = strategy.effective_ranks(model)
+    assert all(math.isfinite(v) for v in result.step_losses)
+    assert sum(ranks.values()) == 2 * len(ranks)  # the target budget: target_r per layer on average ...
+    assert len(set(ranks.values())) > 1 and max(ranks.values()) < 6  # ... spread unevenly, every layer pruned
+
+
 # -- precision, accumulation, memory options ----------------------------------------------------
 
 
