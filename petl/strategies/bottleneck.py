@@ -280,6 +280,19 @@ class _ParallelLink:
         return _map_first(output, lambda out: adapter.add_to(out, x))
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One adapter to add, fully checked before the model is touched."""
+
+    path: str
+    """The projection whose output the adapter changes."""
+    ffn_input: str | None
+    """For a parallel adapter, the projection whose input it reads."""
+    block: str
+    hidden_size: int
+    bottleneck_size: int
+
+
 @dataclass
 class _Injected:
     """One adapter petl added: where, and the hooks that drive it."""
@@ -299,11 +312,6 @@ def _placement(target: nn.Module, block: nn.Module) -> tuple[torch.device, torch
     return device, next(floats, torch.get_default_dtype())
 
 
-def _hidden_of(model: nn.Module, path: str, default: int) -> int:
-    dims = linear_dims(model.get_submodule(path))
-    return dims[1] if dims is not None else default
-
-
 @register("bottleneck")
 class BottleneckStrategy(StrategyBase):
     """Bottleneck adapters placed with forward hooks; see the module docstring."""
@@ -320,8 +328,8 @@ class BottleneckStrategy(StrategyBase):
         super().__init__(config)
         self._injected: list[_Injected] = []
 
-    def _targets(self, model: nn.Module) -> list[tuple[str, str | None, BlockInfo]]:
-        """``(path to adapt, FFN input path for parallel, block)`` for every adapter, checked."""
+    def _plan(self, model: nn.Module) -> list[_Plan]:
+        """Every adapter to add; raises before anything is changed when one cannot be."""
         c = self.config
         paths = parse_module_paths(c.module_paths) if c.module_paths is not None else None
         blocks = find_blocks(model, paths)
@@ -339,7 +347,7 @@ class BottleneckStrategy(StrategyBase):
             blocks = [blocks[i] for i in sorted(c.layers)]
         wanted = {"houlsby": ("attention_output", "ffn_output"), "pfeiffer": ("ffn_output",),
                   "parallel": ("ffn_output",)}[c.variant]
-        targets: list[tuple[str, str | None, BlockInfo]] = []
+        targets: list[tuple[str, str | None, BlockInfo]] = []  # (projection, FFN input for parallel, block)
         for block in blocks:
             needs = [*wanted, "ffn_input"] if c.variant == "parallel" else list(wanted)
             missing = [key for key in needs if getattr(block, key) is None]
@@ -358,8 +366,9 @@ class BottleneckStrategy(StrategyBase):
                 f"cross_attention=True, but no adapted block of this {type(model).__name__} has a cross-attention; "
                 "it applies to the decoder of encoder-decoder models. Remove the option."
             )
+        plans: list[_Plan] = []
         seen: set[int] = set()
-        for path, _, _ in targets:
+        for path, ffn_input, block in targets:
             module = model.get_submodule(path)
             if id(module) in seen:
                 raise UnsupportedModelError(
@@ -368,7 +377,10 @@ class BottleneckStrategy(StrategyBase):
                     "each shared module once."
                 )
             seen.add(id(module))
-        return targets
+            dims = linear_dims(module)
+            hidden = dims[1] if dims is not None else block.hidden_size
+            plans.append(_Plan(path, ffn_input, block.path, hidden, c.bottleneck_for(hidden)))
+        return plans
 
     def inject(self, model: nn.Module) -> None:
         existing = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] == ADAPTER_NAME]
@@ -377,32 +389,30 @@ class BottleneckStrategy(StrategyBase):
                 f"This {type(model).__name__} already carries bottleneck adapters "
                 f"({(existing or [r.path for r in self._injected])[0]}...). Call petl.unwrap(model) first."
             )
-        targets = self._targets(model)  # every check happens before the model is touched
-        c = self.config
+        plans = self._plan(model)
         try:
-            for path, ffn_input, block in targets:
-                self._add(model, path, ffn_input, block)
+            for plan in plans:
+                self._add(model, plan)
         except BaseException:
             self.remove(model)
             raise
-        logger.info("Added %d %s adapters to %s.", len(self._injected), c.variant, type(model).__name__)
+        logger.info("Added %d %s adapters to %s.", len(self._injected), self.config.variant, type(model).__name__)
 
-    def _add(self, model: nn.Module, path: str, ffn_input: str | None, block: BlockInfo) -> None:
+    def _add(self, model: nn.Module, plan: _Plan) -> None:
         c = self.config
-        target = model.get_submodule(path)
-        hidden = _hidden_of(model, path, block.hidden_size)
-        device, dtype = _placement(target, model.get_submodule(block.path))
+        target = model.get_submodule(plan.path)
+        device, dtype = _placement(target, model.get_submodule(plan.block))
         adapter = BottleneckAdapter(
-            hidden, c.bottleneck_for(hidden), non_linearity=c.non_linearity, scaling=c.effective_scaling,
+            plan.hidden_size, plan.bottleneck_size, non_linearity=c.non_linearity, scaling=c.effective_scaling,
             dropout=c.dropout, device=device, dtype=dtype,
         )
         adapter.train(target.training)  # a new module starts in training mode; follow the model's mode
-        record = _Injected(path)
+        record = _Injected(plan.path)
         self._injected.append(record)
         target.add_module(ADAPTER_NAME, adapter)
-        if ffn_input is not None and path == block.ffn_output:
+        if plan.ffn_input is not None:
             link = _ParallelLink()
-            record.handles.append(model.get_submodule(ffn_input).register_forward_pre_hook(link.capture))
+            record.handles.append(model.get_submodule(plan.ffn_input).register_forward_pre_hook(link.capture))
             record.handles.append(target.register_forward_hook(link.add))
         else:
             record.handles.append(target.register_forward_hook(_sequential_hook))
