@@ -12,13 +12,13 @@ any class with the same methods works as well.
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from petl.config import StrategyConfig
-from petl.errors import NotMergeableError
+from petl.errors import NotMergeableError, PetlError
 
 __all__ = ["Strategy", "StrategyBase"]
 
@@ -76,6 +76,13 @@ class Strategy(Protocol):
     def regularization_loss(self, model: nn.Module) -> torch.Tensor | None:
         """An extra loss term the trainer adds to the task loss, or ``None``."""
 
+    def training_state(self, model: nn.Module) -> Any:
+        """State the strategy keeps outside its parameters (plain data and tensors) that a
+        checkpoint must hold for an exact resume, or ``None``."""
+
+    def load_training_state(self, model: nn.Module, state: Any) -> None:
+        """Take back what :meth:`training_state` returned, when a run resumes."""
+
 
 class StrategyBase:
     """Defaults for the optional parts of :class:`Strategy`.
@@ -110,5 +117,14 @@ class StrategyBase:
 
     def regularization_loss(self, model: nn.Module) -> torch.Tensor | None:
         return None
+
+    def training_state(self, model: nn.Module) -> Any:
+        return None
+
+    def load_training_state(self, model: nn.Module, state: Any) -> None:
+        raise PetlError(
+            f"The {self.config.strategy!r} strategy keeps no training state, but a checkpoint holds some. "
+            "Resume with the strategy the run was started with."
+        )
 
 

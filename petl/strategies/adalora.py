@@ -80,6 +80,12 @@ class AdaLoraConfig(LoraConfig):
             check_schedule(self.total_step, self.tinit, self.tfinal)
 
 
+def _plain_pattern(pattern: dict[str, Any] | None) -> dict[str, list[bool]] | None:
+    if pattern is None:
+        return None
+    return {k: [bool(x) for x in (v.view(-1).tolist() if torch.is_tensor(v) else v)] for k, v in pattern.items()}
+
+
 def check_schedule(total_step: int, tinit: int, tfinal: int) -> None:
     """Raise a :class:`ConfigError` unless the schedule leaves steps for budget allocation."""
     check(isinstance(total_step, int) and total_step > 0, f"total_step must be a positive integer, got {total_step!r}.")
@@ -165,6 +171,29 @@ class AdaLoraStrategy(LoraStrategy):
         if not terms:
             return None
         return weight * torch.stack(terms).mean()
+
+    def training_state(self, model: nn.Module) -> dict[str, Any]:
+        """The rank allocator's smoothed importance scores and the rank pattern, for
+        checkpoints: without them a resumed run would allocate its budget differently."""
+        allocator = self.tuner.rankallocator
+        return {
+            "total_step": int(self._peft.total_step),
+            "schedule_known": self._schedule_known,
+            "rank_pattern": _plain_pattern(self._peft.rank_pattern),
+            "ipt": {k: v.detach().cpu() for k, v in allocator.ipt.items()},
+            "exp_avg_ipt": {k: v.detach().cpu() for k, v in allocator.exp_avg_ipt.items()},
+            "exp_avg_unc": {k: v.detach().cpu() for k, v in allocator.exp_avg_unc.items()},
+        }
+
+    def load_training_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Restore what :meth:`training_state` saved."""
+        allocator = self.tuner.rankallocator
+        device = next(p.device for p in model.parameters())
+        self._peft.total_step = state["total_step"]
+        self._schedule_known = state["schedule_known"]
+        self._peft.rank_pattern = state["rank_pattern"]
+        for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(allocator, name, {k: v.to(device) for k, v in state[name].items()})
 
     def effective_ranks(self, model: nn.Module) -> dict[str, int]:
         """Triplets in use per adapted layer: ``init_r`` until the first allocation, then
