@@ -24,6 +24,8 @@ from petl.errors import PetlError  # noqa: E402
 from petl.io import load, save  # noqa: E402
 from petl.params import ParameterCount, count_parameters  # noqa: E402
 from petl.registry import available, register  # noqa: E402
+from petl.strategies.adalora import AdaLoraConfig  # noqa: E402
+from petl.strategies.bottleneck import BottleneckConfig  # noqa: E402
 from petl.strategies.lora import LoraConfig  # noqa: E402
 from petl.strategy import Strategy, StrategyBase  # noqa: E402
 from petl.wrapping import merge, unwrap, wrap  # noqa: E402
@@ -31,6 +33,8 @@ from petl.wrapping import merge, unwrap, wrap  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaLoraConfig",
+    "BottleneckConfig",
     "LoraConfig",
     "ParameterCount",
     "PetlError",
