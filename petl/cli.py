@@ -75,6 +75,8 @@ def _add_train_parser(subparsers: Any) -> None:
     g.add_argument("--target-column", help="the completion / target column (causal-lm, seq2seq)")
     g.add_argument("--label-names", help="comma-separated class names in id order")
     g.add_argument("--limit", type=int, help="use only the first N examples of each split (quick runs)")
+    g.add_argument("--train-limit", type=int, help="use only the first N training examples (overrides --limit)")
+    g.add_argument("--eval-limit", type=int, help="use only the first N evaluation examples (overrides --limit)")
     g.add_argument("--load-in-8bit", action="store_true", help="load the base weights in 8-bit (bitsandbytes)")
     s = p.add_argument_group("strategy")
     s.add_argument("--strategy", default="lora", help=f"a registered strategy, or '{FULL}' for full fine-tuning")
@@ -231,9 +233,29 @@ def _train_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _load_data(args: argparse.Namespace, tokenizer: Any) -> Any:
+    """The task data; split by split when the two splits have different limits."""
+    from petl.data import TaskData, load_task_data
+
+    names = [n.strip() for n in args.label_names.split(",")] if args.label_names else None
+    common = dict(
+        tokenizer=tokenizer, max_length=args.max_length, text_column=args.text_column,
+        text_pair_column=args.text_pair_column, label_column=args.label_column, target_column=args.target_column,
+    )
+    train_limit = args.train_limit if args.train_limit is not None else args.limit
+    eval_limit = args.eval_limit if args.eval_limit is not None else args.limit
+    if args.validation is None or train_limit == eval_limit:
+        return load_task_data(args.task, args.train, args.validation, limit=train_limit, label_names=names, **common)
+    train = load_task_data(args.task, args.train, None, limit=train_limit, label_names=names, **common)
+    # The evaluation labels are read with the training set's classes, so the ids mean the same.
+    evaluation = load_task_data(args.task, None, args.validation, limit=eval_limit,
+                                label_names=train.label_names or names, num_labels=train.num_labels, **common)
+    return TaskData(train=train.train, eval=evaluation.eval, collator=train.collator, task=train.task,
+                    num_labels=train.num_labels, label_names=train.label_names)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     import petl
-    from petl.data import load_task_data
     from petl.train import train
 
     config = _train_config(args)  # validate every option before loading anything
@@ -249,12 +271,7 @@ def _run_train(args: argparse.Namespace) -> int:
         petl.registry.get(args.strategy).config_class.from_dict(options)
     source, source_options = _model_source(args.tokenizer or args.model)
     tokenizer = _load_tokenizer(source, source_options)
-    data = load_task_data(
-        args.task, args.train, args.validation, tokenizer=tokenizer, max_length=args.max_length,
-        text_column=args.text_column, text_pair_column=args.text_pair_column, label_column=args.label_column,
-        target_column=args.target_column, limit=args.limit,
-        label_names=[n.strip() for n in args.label_names.split(",")] if args.label_names else None,
-    )
+    data = _load_data(args, tokenizer)
     model = load_model(args.model, args.task, num_labels=data.num_labels, label_names=data.label_names,
                        load_in_8bit=args.load_in_8bit, pad_token_id=tokenizer.pad_token_id)
     if args.strategy != FULL:

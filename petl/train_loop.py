@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,7 @@ class TrainLoop:
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.last_checkpoint: Path | None = None
         self.learning_rate = float("nan")
+        self.stopped_early = False
         self.log = JsonLinesLog(run.output_dir / LOG_NAME if run.output_dir and self.acc.is_main_process else None)
 
     # -- state -------------------------------------------------------------------------------
@@ -113,6 +115,7 @@ class TrainLoop:
             "step_losses": self.step_losses,
             "eval_history": self.eval_history,
             "best": self.best.state_dict(),
+            "stopped_early": self.stopped_early,
             "fingerprint": self._fingerprint(),
             "config": self.config.to_dict(),
         }
@@ -140,6 +143,7 @@ class TrainLoop:
         self.step_losses = list(state["step_losses"])
         self.eval_history = list(state["eval_history"])
         self.best.load_state_dict(state["best"])
+        self.stopped_early = bool(state.get("stopped_early", False))
         self.last_checkpoint = folder
         if self.best.best_step == self.global_step:
             self.best_weights = _cpu_copy(trainable_state(self.run.unwrapped))
@@ -151,18 +155,16 @@ class TrainLoop:
 
     def execute(self) -> TrainResult:
         run, acc, config = self.run, self.acc, self.config
+        self._check_metric_name_known()
         if config.resume:
             self._resume()
         run.begin_strategy()
-        self._check_metric_name_known()
-        steps_per_epoch = run.steps_per_epoch
         if self.batches_in_epoch >= len(run.train_loader):
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
-        stopped_early = False
         progress = run.progress_bar(self.global_step)
         window = LossWindow()
         try:
-            while self.global_step < run.total_steps and not stopped_early:
+            while self.global_step < run.total_steps and not self.stopped_early:
                 run.sampler.set_order(self.epoch)
                 loader = run.train_loader
                 if self.batches_in_epoch:
@@ -183,11 +185,13 @@ class TrainLoop:
                         progress.update(1)
                         self._maybe_log(window, progress)
                         epoch_done = self.batches_in_epoch >= len(run.train_loader)
+                        paused = time.perf_counter()
                         if self._at_evaluation_point(epoch_done):
-                            stopped_early = self._evaluate_and_track()
-                        if self._at_checkpoint_point(epoch_done) or stopped_early:
-                            self._checkpoint(epoch_done)
-                        if stopped_early or self.global_step >= run.total_steps:
+                            self.stopped_early = self._evaluate_and_track()
+                        if self._at_checkpoint_point(epoch_done) or self.stopped_early:
+                            self._checkpoint()
+                        window.started += time.perf_counter() - paused  # throughput counts training time only
+                        if self.stopped_early or self.global_step >= run.total_steps:
                             break
                 finally:
                     _end(loader)
@@ -197,7 +201,7 @@ class TrainLoop:
             progress.close()
         if run.eval_loader is not None and (not self.eval_history or self.eval_history[-1]["step"] != self.global_step):
             self._evaluate_and_track()
-        return self._finish(stopped_early, steps_per_epoch)
+        return self._finish()
 
     def _micro_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         run = self.run
@@ -305,7 +309,7 @@ class TrainLoop:
                 run.save_model(run.output_dir / BEST_NAME)
         return self.best.should_stop
 
-    def _checkpoint(self, epoch_done: bool) -> None:
+    def _checkpoint(self) -> None:
         run = self.run
         if run.output_dir is None:
             return
@@ -320,7 +324,7 @@ class TrainLoop:
             self.last_checkpoint = run.output_dir / f"checkpoint-{self.global_step}"
         self.acc.wait_for_everyone()
 
-    def _finish(self, stopped_early: bool, steps_per_epoch: int) -> TrainResult:
+    def _finish(self) -> TrainResult:
         run, config = self.run, self.config
         metrics = dict(self.eval_history[-1]) if self.eval_history else {}
         if config.load_best_at_end and self.best_weights is not None and self.best.best_step != self.global_step:
@@ -345,7 +349,7 @@ class TrainLoop:
             eval_history=list(self.eval_history),
             best_metric=self.best.best_value,
             best_step=self.best.best_step,
-            stopped_early=stopped_early,
+            stopped_early=self.stopped_early,
             output_dir=run.output_dir,
         )
 

@@ -111,6 +111,20 @@ def test_token_classification_in_8bit_with_the_8bit_optimizer(files: dict[str, P
     assert config["model"]["class"] == "BertForTokenClassification"
 
 
+def test_split_limits(files: dict[str, Path], tmp_path: Path) -> None:
+    from petl.cli import _load_data
+
+    tokenizer = tf.AutoTokenizer.from_pretrained(minilm_path())
+    args = build_parser().parse_args(_args(files, tmp_path, "--train-limit", "4", task="token-classification",
+                                           data="ner"))
+    data = _load_data(args, tokenizer)
+    assert (len(data.train), len(data.eval)) == (4, 9)
+    assert data.label_names == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER", "O"]
+    args = build_parser().parse_args(_args(files, tmp_path, "--limit", "5", "--eval-limit", "2"))
+    data = _load_data(args, tokenizer)
+    assert (len(data.train), len(data.eval), data.num_labels) == (5, 2, 2)
+
+
 @pytest.mark.parametrize(
     "extra, data, message",
     [
