@@ -257,6 +257,7 @@ def _load_data(args: argparse.Namespace, tokenizer: Any) -> Any:
 def _run_train(args: argparse.Namespace) -> int:
     import petl
     from petl.train import train
+    from petl.training_setup import check_output_dir
 
     config = _train_config(args)  # validate every option before loading anything
     options = dict(parse_set(item) for item in args.set)
@@ -269,6 +270,7 @@ def _run_train(args: argparse.Namespace) -> int:
                               "train them. Pick a strategy such as --strategy lora.")
     else:  # an unknown strategy or option fails now, with a suggestion, before anything is loaded
         petl.registry.get(args.strategy).config_class.from_dict(options)
+    check_output_dir(args.output)  # before minutes of loading go into a run that cannot save
     source, source_options = _model_source(args.tokenizer or args.model)
     tokenizer = _load_tokenizer(source, source_options)
     data = _load_data(args, tokenizer)

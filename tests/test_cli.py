@@ -151,3 +151,10 @@ def test_the_installed_command_reports_errors_without_a_traceback(files: dict[st
                           text=True, timeout=120)
     assert done.returncode == 2
     assert "petl train: error:" in done.stderr and "label" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unwritable_output_is_reported_before_loading(files: dict[str, Path],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_args(files, files["train"] / "run")) == 2  # a folder inside a file
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("petl train: error: The output folder") and "not writable" in last
