@@ -9,6 +9,10 @@ zero_grad. Both prefix variants use the flat form (peft's default) with the same
 number of virtual tokens, so they train the same number of parameters; with
 ``--projection N`` a projected pair (MLP hidden size N) is measured as well.
 
+Both wall-clock and process CPU time are recorded. torch runs one thread by default:
+on a small shared machine two threads wait on each other whenever another process
+takes a core, which inflates wall times unevenly; ``--threads`` changes it.
+
     python benchmarks/prefix_step_time.py                      # SmolLM2-135M (GGUF, fp32)
     python benchmarks/prefix_step_time.py --model llama-tiny   # a small Llama config, no download
 
@@ -93,18 +97,19 @@ def variants(base: nn.Module, num_virtual_tokens: int, projection: int | None) -
     return out
 
 
-def step_function(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], float]:
+def step_function(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], tuple[float, float]]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     model.train()
 
-    def step(batch: dict[str, torch.Tensor]) -> float:
-        start = time.perf_counter()
+    def step(batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """Wall-clock and process CPU seconds of one training step."""
+        wall, cpu = time.perf_counter(), time.process_time()
         loss = model(**batch, use_cache=False).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
     return step
 
@@ -137,22 +142,32 @@ def write_markdown(result: dict, path: Path) -> None:
         f"{s['num_virtual_tokens']} virtual tokens, sdpa attention, AdamW, fp32. "
         f"{s['warmup']} warm-up rounds, then {s['steps']} measured rounds, variants interleaved round-robin.",
         "",
-        "| variant | trainable parameters | median step (s) | p25 (s) | p75 (s) | petl / peft (same form) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | trainable parameters | median wall (s) | wall p25-p75 (s) | median CPU (s) "
+        "| petl / peft, wall | petl / peft, CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in result["variants"].items():
-        ratio = r.get("ratio_to_peft")
+        wall, cpu = r.get("ratio_to_peft"), r.get("cpu_ratio_to_peft")
         lines.append(
-            f"| {name} | {r['trainable']:,} | {r['median_s']:.4f} | {r['p25_s']:.4f} | {r['p75_s']:.4f} | "
-            f"{'' if ratio is None else f'{ratio:.3f}'} |"
+            f"| {name} | {r['trainable']:,} | {r['median_s']:.3f} | {r['p25_s']:.3f}-{r['p75_s']:.3f} | "
+            f"{r['cpu_median_s']:.3f} | {'' if wall is None else f'{wall:.3f}'} | "
+            f"{'' if cpu is None else f'{cpu:.3f}'} |"
         )
     e = result["environment"]
+    if s["projection"]:
+        lines += [
+            "",
+            "The projected pairs differ in size on grouped-query models: peft embeds the virtual tokens in "
+            "kv_heads x head_dim dimensions, petl in the model's hidden size (so that `init_token_ids` can "
+            "start from the input embeddings).",
+        ]
     lines += [
         "",
-        f"Ratio = petl median / peft median (below 1 means petl is faster). Full fine-tuning median / "
-        f"petl prefix median: {result['full_over_petl']:.2f}.",
+        "Ratios are petl median / peft median (below 1: petl is faster). CPU is the process CPU time of "
+        "the step, which load from other processes disturbs less than wall-clock time. Full fine-tuning / "
+        f"petl prefix (flat): {result['full_over_petl']:.2f} wall, {result['cpu_full_over_petl']:.2f} CPU.",
         "",
-        f"Environment: {e['cpu']}, {e['cpu_count']} CPUs, {e['torch_threads']} torch threads, "
+        f"Environment: {e['cpu']}, {e['cpu_count']} CPUs, {e['torch_threads']} torch thread(s), "
         f"torch {e['torch']}, transformers {e['transformers']}, peft {e['peft']}, Python {e['python']}. "
         f"Commit {e['commit'][:12]}, {e['date']}. The machine is shared with other processes; "
         "interleaving spreads their load over all variants.",
@@ -168,11 +183,13 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--num-virtual-tokens", type=int, default=20)
     parser.add_argument("--projection", type=int, default=None, help="also measure projected prefixes")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (see the module docstring)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base, description = load_model(args.model)
     models = variants(base, args.num_virtual_tokens, args.projection)
@@ -180,14 +197,16 @@ def main() -> None:
     steps = {name: step_function(model) for name, model in models.items()}
     batches = make_batches(models["full fine-tuning"].config.vocab_size, 4, args.batch_size, args.seq_len)
     times: dict[str, list[float]] = {name: [] for name in models}
+    cpu_times: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
     for round_index in range(args.warmup + args.steps):
         batch = batches[round_index % len(batches)]
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            elapsed = steps[name](batch)
+            wall, cpu = steps[name](batch)
             if round_index >= args.warmup:
-                times[name].append(elapsed)
+                times[name].append(wall)
+                cpu_times[name].append(cpu)
         print(f"round {round_index + 1}/{args.warmup + args.steps} done", flush=True)
 
     result: dict = {
@@ -222,14 +241,17 @@ def main() -> None:
             "p25_s": q[0],
             "p75_s": q[2],
             "samples_s": samples,
+            "cpu_median_s": statistics.median(cpu_times[name]),
+            "cpu_samples_s": cpu_times[name],
         }
     for name, entry in result["variants"].items():
         if name.startswith("petl prefix"):
             peer = result["variants"][name.replace("petl", "peft", 1)]
             entry["ratio_to_peft"] = entry["median_s"] / peer["median_s"]
-    result["full_over_petl"] = (
-        result["variants"]["full fine-tuning"]["median_s"] / result["variants"]["petl prefix"]["median_s"]
-    )
+            entry["cpu_ratio_to_peft"] = entry["cpu_median_s"] / peer["cpu_median_s"]
+    full, flat = result["variants"]["full fine-tuning"], result["variants"]["petl prefix"]
+    result["full_over_petl"] = full["median_s"] / flat["median_s"]
+    result["cpu_full_over_petl"] = full["cpu_median_s"] / flat["cpu_median_s"]
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "prefix_step_time.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -32,19 +32,23 @@ their input embeddings as ``E'``. The ids are repeated or cut to ``p`` tokens.
 
 The prefix never enters the KV cache: it is added inside the attention function
 at every call, so cached generation and gradient checkpointing work unchanged.
-Tokens keep positions ``0..n-1``. peft (and the paper's code) feed the prefix as a
-cache instead, which moves the tokens to positions ``p..p+n-1``; passing
-``position_ids = p + arange(n)`` reproduces peft's outputs exactly.
+``petl.unwrap`` gives the model back its original attention implementation; do not
+call ``set_attn_implementation`` on a wrapped model, which would drop the prefix.
+Tokens keep positions ``0..n-1``. peft feeds the prefix as a cache instead, which
+moves the tokens to positions ``p..p+n-1``; passing ``position_ids = p + arange(n)``
+reproduces peft's outputs exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import PretrainedConfig
 
 from petl.config import StrategyConfig, _set, check
 from petl.errors import ConfigError, PetlError, UnsupportedModelError
@@ -135,6 +139,7 @@ class PrefixEncoder(nn.Module):
         self.num_virtual_tokens = num_virtual_tokens
         self.shapes = list(shapes)
         widths = [heads * (key_dim + value_dim) for heads, key_dim, value_dim in self.shapes]
+        self.widths = widths
         self.offsets = [sum(widths[:i]) for i in range(len(widths) + 1)]
         total = self.offsets[-1]
         self.projection = projection
@@ -143,27 +148,56 @@ class PrefixEncoder(nn.Module):
             self.embedding = nn.Embedding(num_virtual_tokens, total, **factory)
         else:
             self.embedding = nn.Embedding(num_virtual_tokens, embed_dim, **factory)
-            self.transform = nn.Sequential(
-                nn.Linear(embed_dim, projection, **factory),
-                nn.Tanh(),
-                nn.Linear(projection, total, **factory),
-            )
+            self.hidden = nn.Linear(embed_dim, projection, **factory)
+            # The output layer is kept in one block of rows per attention module: each module computes
+            # only its own rows, and a block's gradient is not padded to the whole layer's size.
+            out = nn.Linear(projection, total, **factory)
+            self.out_weight = nn.ParameterList(w.detach().clone() for w in out.weight.split(widths))
+            self.out_bias = nn.ParameterList(b.detach().clone() for b in out.bias.split(widths))
 
     def key_value(self, index: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``(1, kv_heads, p, dim)`` of module ``index``, in ``like``'s dtype and device."""
-        start, stop = self.offsets[index], self.offsets[index + 1]
         if self.projection is None:
-            rows = self.embedding.weight[:, start:stop]
+            rows = self.embedding.weight[:, self.offsets[index] : self.offsets[index + 1]]
         else:
-            # Only this module's rows of the last layer: the MLP as a whole runs once per forward pass.
-            hidden = self.transform[1](self.transform[0](self.embedding.weight))
-            last = self.transform[2]
-            rows = F.linear(hidden, last.weight[start:stop], last.bias[start:stop])
+            # Recomputed per module (p x projection, cheap) rather than cached per forward pass: nothing
+            # outlives a call, so gradient checkpointing and repeated forwards need no bookkeeping.
+            hidden = torch.tanh(self.hidden(self.embedding.weight))
+            rows = F.linear(hidden, self.out_weight[index], self.out_bias[index])
         heads, key_dim, value_dim = self.shapes[index]
         rows = rows.to(device=like.device, dtype=like.dtype)
         key = rows[:, : heads * key_dim].view(-1, heads, key_dim).transpose(0, 1)
         value = rows[:, heads * key_dim :].view(-1, heads, value_dim).transpose(0, 1)
         return key.unsqueeze(0), value.unsqueeze(0)
+
+    def load_peft_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Copy the weights of a peft prefix encoder (``peft_model.prompt_encoder["default"].state_dict()``).
+
+        Raises:
+            PetlError: The tensors do not fit (another model, another number of virtual
+                tokens, or peft's projected form on a grouped-query model, whose embedding
+                width differs from petl's).
+        """
+        theirs = dict(state_dict)
+        pairs = [(self.embedding.weight, theirs.pop("embedding.weight", None))]
+        if self.projection is not None:
+            pairs += [(self.hidden.weight, theirs.pop("transform.0.weight", None))]
+            pairs += [(self.hidden.bias, theirs.pop("transform.0.bias", None))]
+            for blocks, key in ((self.out_weight, "transform.2.weight"), (self.out_bias, "transform.2.bias")):
+                whole = theirs.pop(key, None)
+                if whole is None or whole.shape[0] != self.offsets[-1]:
+                    pairs.append((blocks[0], None))
+                else:
+                    pairs += zip(blocks, whole.split(self.widths), strict=True)
+        if theirs or any(t is None or t.shape != p.shape for p, t in pairs):
+            raise PetlError(
+                f"The peft prefix weights ({', '.join(f'{k} {tuple(v.shape)}' for k, v in state_dict.items())}) "
+                f"do not fit this prefix. Use the same base model, num_virtual_tokens and projection as the "
+                "peft model; peft's projected form on a grouped-query model has another embedding width."
+            )
+        with torch.no_grad():
+            for param, tensor in pairs:
+                param.copy_(tensor)
 
     def extra_repr(self) -> str:
         return f"num_virtual_tokens={self.num_virtual_tokens}, modules={len(self.shapes)}, projection={self.projection}"
@@ -186,7 +220,8 @@ class PrefixStrategy(StrategyBase):
 
     def __init__(self, config: PrefixConfig) -> None:
         super().__init__(config)
-        self.originals: list = []
+        self.originals: list[tuple[PretrainedConfig, str | None]] = []
+        """Each config of the model with the attention implementation it had before ``inject``."""
         self.modules: list[nn.Module] = []
         self.module_names: list[str] = []
 

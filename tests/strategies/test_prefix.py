@@ -103,7 +103,7 @@ def test_parity_with_peft_prefix_tuning(arch: str, projection: int | None) -> No
     with torch.no_grad():
         for param in theirs.prompt_encoder["default"].parameters():
             param.normal_(0, 0.5)
-    _prefix(ours).load_state_dict(theirs.prompt_encoder["default"].state_dict())
+    _prefix(ours).load_peft_state_dict(theirs.prompt_encoder["default"].state_dict())
     assert petl.count_parameters(ours).trainable == theirs.get_nb_trainable_parameters()[0]
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
@@ -113,6 +113,16 @@ def test_parity_with_peft_prefix_tuning(arch: str, projection: int | None) -> No
         got = ours(input_ids=ids, attention_mask=mask, position_ids=shifted).logits
     valid = mask.bool()
     torch.testing.assert_close(got[valid], expected[valid], atol=1e-5, rtol=0)
+
+
+def test_peft_projected_weights_of_a_grouped_query_model_are_refused() -> None:
+    config = PrefixTuningConfig(num_virtual_tokens=P, task_type="CAUSAL_LM", prefix_projection=True)
+    theirs = get_peft_model(T.build("llama", "causal-lm"), config)
+    ours = petl.wrap(T.build("llama", "causal-lm"), "prefix", num_virtual_tokens=P, projection=T.HIDDEN)
+    before = {k: v.clone() for k, v in _prefix(ours).state_dict().items()}
+    with pytest.raises(PetlError, match="do not fit this prefix"):
+        _prefix(ours).load_peft_state_dict(theirs.prompt_encoder["default"].state_dict())
+    assert all(torch.equal(v, before[k]) for k, v in _prefix(ours).state_dict().items())
 
 
 def _rows_alone(model: nn.Module, arch: str, head: str, batch: dict[str, torch.Tensor]) -> None:
