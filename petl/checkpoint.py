@@ -276,10 +276,10 @@ def read_checkpoint(
 def strategy_state(strategy: Any, model: nn.Module) -> Any:
     """The training state a strategy keeps outside its parameters, or ``None``.
 
-    A strategy opts in with two methods (no strategy name is looked at):
-    ``training_state(model)`` returning plain data and tensors, and
-    ``load_training_state(model, state)`` taking it back on resume. AdaLoRA's
-    importance scores and rank pattern are such state.
+    It comes from the protocol's ``training_state(model)`` (plain data and tensors)
+    and goes back through ``load_training_state(model, state)`` on resume; AdaLoRA's
+    importance scores and rank pattern are such state. A strategy class written
+    without these methods simply has none.
     """
     getter = getattr(strategy, "training_state", None)
     return getter(model) if strategy is not None and callable(getter) else None

@@ -12,7 +12,7 @@ micro-batches and adds the strategy's regulariser ``R`` (``None`` for most strat
 
     L_t = (1 / G) * sum_g [ task_loss(batch_g) + R(model) ]
     g_t = grad L_t * min(1, max_grad_norm / ||grad L_t||_2)        (global norm clipping)
-    theta_t = AdamW(theta_{t-1}, g_t, lr_t)                       (Loshchilov & Hutter 2019, section 2)
+    theta_t = AdamW(theta_{t-1}, g_t, lr_t)                       (Loshchilov & Hutter 2019, Algorithm 2)
     lr_t = lr * s / W                                  for s = t - 1 < W  (warm-up, W = ceil(warmup_ratio * T))
     lr_t = lr * (T - s) / (T - W)                      linear decay, or
     lr_t = lr * (1 + cos(pi * (s - W) / (T - W))) / 2  cosine decay
@@ -29,14 +29,23 @@ Devices, precision and processes come from Accelerate, so one script runs anywhe
     torchrun --nproc_per_node 2 train.py              # two processes (gloo on CPU, NCCL on GPUs)
     accelerate launch --multi_gpu --num_processes 4 train.py
 
-For FSDP or DeepSpeed, describe the setup once with ``accelerate config`` (or pass
-``--config_file fsdp.yaml`` to ``accelerate launch``); the trainer builds a plain
-``Accelerator()`` that picks the plugin up from that configuration. Under data
-parallelism each process reads its shard of every batch, gradients are averaged
-across processes, and only the main process writes files. Checkpoints store the
-full trainable state from the main process: they resume single-process and DDP
-runs; FSDP and DeepSpeed shard the optimizer state, and checkpointing those runs
-is not supported by this format.
+Under data parallelism each process reads its own shard of every epoch (Accelerate
+pads the last batches so that all processes take the same number of steps),
+gradients are averaged across processes, every process reports the same losses
+and metrics, and only the main process writes files.
+
+FSDP and DeepSpeed are chosen in Accelerate's own configuration, not here: describe
+the setup once with ``accelerate config`` (or write a YAML file with
+``distributed_type: FSDP`` and an ``fsdp_config`` section, or ``distributed_type:
+DEEPSPEED`` and a ``deepspeed_config`` section) and start the same script with
+``accelerate launch --config_file that.yaml train.py``; the ``Accelerator`` built
+here reads that configuration (``TrainConfig.mixed_precision`` still decides the
+precision). The best adapter is read from the main process's parameters, which are
+complete under DDP and DeepSpeed ZeRO stages 1-2 but only a shard under FSDP and
+ZeRO-3; checkpoints (and so ``resume``) also need the whole optimizer state, which
+only single-device and DDP runs keep in one process. For sharded runs train with
+``output_dir=None`` and save through Accelerate (``accelerator.save_state``). petl's
+test suite runs on CPUs and exercises none of the GPU configurations.
 """
 
 from __future__ import annotations

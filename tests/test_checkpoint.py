@@ -97,6 +97,29 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path: Path, ful
         assert "state1" in str(list((tmp_path / "resumed").glob("checkpoint-*/optimizer.json"))[0].read_text())
 
 
+def test_adalora_resumes_with_its_importance_scores_and_rank_pattern(tmp_path: Path) -> None:
+    data = task_data("sequence-classification")
+    config = TrainConfig(max_steps=10, batch_size=4, save_steps=8, learning_rate=1e-2, progress_bar=False)
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return petl.wrap(tm.build("bert", "seq-cls"), "adalora", init_r=6, target_r=2, tinit=2, tfinal=3, deltaT=1)
+
+    straight = model()
+    expected = train(straight, data, config=config.replace(output_dir=str(tmp_path / "a")))
+    broken = model()
+    _interrupt_after(broken, forwards=9)  # inside the final phase, where the rank pattern masks the triplets
+    with pytest.raises(Interrupt):
+        train(broken, data, config=config.replace(output_dir=str(tmp_path / "b")))
+    resumed_model = model()
+    resumed = train(resumed_model, data, config=config.replace(output_dir=str(tmp_path / "b"), resume=True))
+    assert resumed.step_losses == expected.step_losses
+    ranks = [petl.wrapping.state_of(m).strategy.effective_ranks(m) for m in (straight, resumed_model)]
+    assert ranks[0] == ranks[1] and min(ranks[0].values()) < 6
+    a, b = trainable_state(straight), trainable_state(resumed_model)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
 def test_resume_refuses_a_changed_run(tmp_path: Path) -> None:
     data = task_data("sequence-classification")
     config = TrainConfig(max_steps=2, batch_size=4, save_steps=2, progress_bar=False, output_dir=str(tmp_path))
