@@ -1,0 +1,75 @@
+"""Where and with what a benchmark ran: versions, hardware, the petl commit and the date."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["collect_environment"]
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "petl", "bitsandbytes", "datasets")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _git(*args: str) -> str | None:
+    checkout = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def collect_environment() -> dict[str, Any]:
+    """A JSON-ready description of this machine and software.
+
+    Keys: ``date`` (UTC, ISO 8601), ``python``, ``versions`` (torch, transformers, peft,
+    accelerate, petl, ...), ``platform``, ``cpu``, ``cpu_count`` (logical CPUs),
+    ``cpus_available`` (those this process may use), ``torch_threads``, ``gpu``
+    (name or ``None``), ``cuda`` (torch's CUDA version or ``None``), ``git_commit``
+    and ``git_dirty`` (``None`` outside a git checkout).
+    """
+    import torch
+
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        available = os.cpu_count() or 0
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in PACKAGES},
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_available": available,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "cuda": torch.version.cuda,
+        "git_commit": commit,
+        "git_dirty": bool(status) if status is not None else None,
+    }

@@ -1,0 +1,65 @@
+"""Memory and size measurements of one benchmark process.
+
+On the CPU, a run's memory is the peak resident set size of the fresh process it
+runs in: ``getrusage(RUSAGE_SELF).ru_maxrss`` (kibibytes on Linux, bytes on macOS),
+read once after the model is loaded and once after training, so that
+
+    training increment = peak RSS after training - peak RSS after loading
+
+is what training adds on top of holding the model (gradients, optimizer states,
+activations). On a GPU the same two readings come from
+``torch.cuda.max_memory_allocated`` (the peak counter is reset after loading).
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["MIB", "cuda_memory_mib", "peak_rss_mib", "saved_size", "tree_bytes"]
+
+MIB = 1024 * 1024
+
+
+def peak_rss_mib() -> float:
+    """The peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MIB if sys.platform == "darwin" else peak / 1024
+
+
+def cuda_memory_mib(*, peak: bool) -> float:
+    """The CUDA memory allocated by torch now (or at its peak since the last reset), in MiB."""
+    value = torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()
+    return value / MIB
+
+
+def tree_bytes(folder: Path, suffix: str | None = None) -> int:
+    """The total size of the files under ``folder`` (only those ending in ``suffix`` if given)."""
+    files = (p for p in folder.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in files if suffix is None or p.name.endswith(suffix))
+
+
+def saved_size(model: nn.Module, *, full: bool) -> int:
+    """Bytes on disk of what a user keeps after training.
+
+    For a wrapped model: every file ``petl.save`` writes (adapter weights, petl_config.json
+    and the strategy's extra files). For full fine-tuning: the model's safetensors
+    weights as ``save_pretrained`` writes them.
+    """
+    import petl
+
+    folder = Path(tempfile.mkdtemp(prefix="petl-bench-size-"))
+    try:
+        if full:
+            model.save_pretrained(folder, safe_serialization=True)
+            return tree_bytes(folder, ".safetensors")
+        petl.save(model, folder)
+        return tree_bytes(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
