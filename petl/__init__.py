@@ -28,6 +28,7 @@ from petl.strategies.adalora import AdaLoraConfig  # noqa: E402
 from petl.strategies.bottleneck import BottleneckConfig  # noqa: E402
 from petl.strategies.lora import LoraConfig  # noqa: E402
 from petl.strategy import Strategy, StrategyBase  # noqa: E402
+from petl.train import TrainConfig, TrainResult, train  # noqa: E402  (the function shadows the module name)
 from petl.wrapping import merge, unwrap, wrap  # noqa: E402
 
 __version__ = "0.1.0"
@@ -41,12 +42,15 @@ __all__ = [
     "Strategy",
     "StrategyBase",
     "StrategyConfig",
+    "TrainConfig",
+    "TrainResult",
     "available",
     "count_parameters",
     "load",
     "merge",
     "register",
     "save",
+    "train",
     "unwrap",
     "wrap",
 ]
