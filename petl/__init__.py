@@ -27,6 +27,7 @@ from petl.registry import available, register  # noqa: E402
 from petl.strategies.adalora import AdaLoraConfig  # noqa: E402
 from petl.strategies.bottleneck import BottleneckConfig  # noqa: E402
 from petl.strategies.lora import LoraConfig  # noqa: E402
+from petl.strategies.prefix import PrefixConfig  # noqa: E402
 from petl.strategy import Strategy, StrategyBase  # noqa: E402
 from petl.train import TrainConfig, TrainResult, train  # noqa: E402  (the function shadows the module name)
 from petl.wrapping import merge, unwrap, wrap  # noqa: E402
@@ -39,6 +40,7 @@ __all__ = [
     "LoraConfig",
     "ParameterCount",
     "PetlError",
+    "PrefixConfig",
     "Strategy",
     "StrategyBase",
     "StrategyConfig",
