@@ -142,13 +142,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _model_source(name: str) -> tuple[str, dict[str, Any]]:
-    """The folder (or hub name) to load and the extra ``from_pretrained`` options."""
+def _model_source(name: str, *, plain_weights: bool = False) -> tuple[str, dict[str, Any]]:
+    """The folder (or hub name) to load and the extra ``from_pretrained`` options.
+
+    ``plain_weights`` asks for SmolLM2 as safetensors rather than GGUF: transformers can
+    neither quantize a model while reading GGUF nor ``save_pretrained`` one read from it.
+    """
     from petl import demo_models
 
     if name == demo_models.MINILM:
         return str(demo_models.minilm_path()), {}
     if name == demo_models.SMOLLM2:
+        if plain_weights:
+            return str(demo_models.smollm2_safetensors_path()), {}
         return str(demo_models.smollm2_path()), {"gguf_file": demo_models.SMOLLM2_GGUF}
     return name, {}
 
@@ -167,7 +173,7 @@ def _load_tokenizer(name: str, options: dict[str, Any]) -> Any:
 
 def load_model(
     name: str, task: str, *, num_labels: int | None = None, label_names: Sequence[str] | None = None,
-    load_in_8bit: bool = False, pad_token_id: int | None = None,
+    load_in_8bit: bool = False, pad_token_id: int | None = None, full: bool = False,
 ) -> Any:
     """Load ``name`` with the head of ``task`` (``AutoModelFor<Task>.from_pretrained``).
 
@@ -175,6 +181,7 @@ def load_model(
     (the task head and output embeddings stay in full precision, as k-bit training
     needs) and the model is prepared for training with peft's
     ``prepare_model_for_kbit_training`` (norms and head upcast to fp32, weights frozen).
+    ``full`` (full fine-tuning) loads weights that ``save_pretrained`` can write back.
 
     Raises:
         PetlError: The model cannot be loaded.
@@ -182,7 +189,7 @@ def load_model(
     import torch
     import transformers
 
-    source, options = _model_source(name)
+    source, options = _model_source(name, plain_weights=load_in_8bit or full)
     auto = getattr(transformers, _AUTO_CLASSES[task])
     try:
         config = transformers.AutoConfig.from_pretrained(source, **options)
@@ -275,7 +282,8 @@ def _run_train(args: argparse.Namespace) -> int:
     tokenizer = _load_tokenizer(source, source_options)
     data = _load_data(args, tokenizer)
     model = load_model(args.model, args.task, num_labels=data.num_labels, label_names=data.label_names,
-                       load_in_8bit=args.load_in_8bit, pad_token_id=tokenizer.pad_token_id)
+                       load_in_8bit=args.load_in_8bit, pad_token_id=tokenizer.pad_token_id,
+                       full=args.strategy == FULL)
     if args.strategy != FULL:
         petl.wrap(model, args.strategy, **options)
         logger.info("%s: %s trainable parameters", args.strategy, petl.count_parameters(model))
