@@ -59,8 +59,9 @@ from torch import nn
 from petl.errors import ConfigError
 from petl.evaluation import EvaluatorFactory
 from petl.train_config import TrainConfig
+from petl.train_data import resolve_data
 from petl.train_loop import TrainLoop, TrainResult
-from petl.training_setup import check_output_dir, prepare_run, resolve_data
+from petl.training_setup import check_output_dir, prepare_run
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 

@@ -15,31 +15,27 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from petl.errors import ConfigError, PetlError
-from petl.evaluation import LM_TASKS, TASKS, EvaluatorFactory
+from petl.evaluation import LM_TASKS, EvaluatorFactory
 from petl.train_config import TrainConfig
+from petl.train_data import CheckedCollator, EpochOrder
 from petl.train_log import make_temp_dir, relax_permissions
 from petl.wrapping import is_wrapped, state_of
 
-__all__ = ["CONFIG_NAME", "EpochOrder", "Run", "build_optimizer", "check_output_dir", "prepare_run", "resolve_data"]
+__all__ = ["CONFIG_NAME", "Run", "build_optimizer", "check_output_dir", "prepare_run"]
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "train_config.json"
-_TASK_CLASS_SUFFIXES = {
-    "sequence-classification": ("ForSequenceClassification",),
-    "token-classification": ("ForTokenClassification",),
-    "causal-lm": ("ForCausalLM", "LMHeadModel"),
-    "seq2seq": ("ForConditionalGeneration", "ForSeq2SeqLM"),
-}
 _KNOWN_METRICS = {
     "sequence-classification": ("eval_loss", "eval_accuracy", "eval_f1"),
     "token-classification": ("eval_loss", "eval_precision", "eval_recall", "eval_f1", "eval_accuracy"),
@@ -47,66 +43,6 @@ _KNOWN_METRICS = {
     "seq2seq": ("eval_loss", "eval_perplexity"),
 }
 _DEFAULT_LR = {True: 1e-3, False: 5e-5}  # wrapped model, full fine-tuning
-
-
-def _is_task_data(value: Any) -> bool:
-    return all(hasattr(value, name) for name in ("train", "eval", "collator", "task"))
-
-
-def infer_task(model: nn.Module) -> str | None:
-    """The task a Hugging Face model's class is built for, or ``None``."""
-    name = type(model).__name__
-    return next((task for task, ends in _TASK_CLASS_SUFFIXES.items() if name.endswith(ends)), None)
-
-
-def resolve_data(
-    model: nn.Module, train_data: Any, eval_data: Any, *, tokenizer: Any, task: str | None,
-    data_options: Mapping[str, Any] | None,
-) -> Any:
-    """A ``TaskData`` from what the user passed (prepared data, or raw sources to load)."""
-    if task is not None and task not in TASKS:
-        from petl.data import check_task
-
-        check_task(task)
-    model_task = infer_task(model)
-    if _is_task_data(train_data):
-        if eval_data is not None or data_options:
-            raise ConfigError(
-                "train_data is a prepared TaskData: put the evaluation set in its `eval` field and load it with the "
-                "data options, rather than passing eval_data= or data_options= to petl.train."
-            )
-        data = train_data
-        if task is not None and task != data.task:
-            raise ConfigError(f"task={task!r} was given, but the TaskData was prepared for {data.task!r}.")
-    else:
-        task = task or model_task
-        if task is None:
-            raise ConfigError(
-                f"Cannot tell the task of a {type(model).__name__}. Pass task= one of {', '.join(TASKS)}."
-            )
-        if tokenizer is None:
-            raise ConfigError(
-                "Raw training data needs the model's tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...), "
-                "or pass a TaskData prepared with petl.data.load_task_data."
-            )
-        from petl.data import load_task_data  # lazy: petl.data imports datasets
-
-        data = load_task_data(task, train_data, eval_data, tokenizer=tokenizer, **dict(data_options or {}))
-    if data.task not in TASKS:
-        raise ConfigError(f"The data's task {data.task!r} is not one of {', '.join(TASKS)}.")
-    if model_task is not None and model_task != data.task:
-        raise ConfigError(
-            f"A {type(model).__name__} is built for {model_task!r}, but the data is for {data.task!r}. "
-            f"Load the model with the head of the task (e.g. AutoModelFor{_auto_suffix(data.task)})."
-        )
-    if data.train is None or len(data.train) == 0:
-        raise ConfigError("There is no training data: pass a training set with at least one example.")
-    return data
-
-
-def _auto_suffix(task: str) -> str:
-    return {"sequence-classification": "SequenceClassification", "token-classification": "TokenClassification",
-            "causal-lm": "CausalLM", "seq2seq": "Seq2SeqLM"}[task]
 
 
 def _cpu_processes() -> bool:
@@ -161,55 +97,36 @@ def check_output_dir(output_dir: str | None) -> Path | None:
     return folder
 
 
-class EpochOrder(Sampler[int]):
-    """A shuffled order of the training set that depends only on the seed and the epoch.
-
-    Resuming needs no sampler state: the order of epoch ``e`` is regenerated, and the
-    batches already seen are skipped.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_order(self, epoch: int) -> None:
-        """Use the order of ``epoch`` (not ``set_epoch``: Accelerate calls that with its own count)."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
-
-
-class _CheckedCollator:
-    """The data's collator, refusing class labels that the model's head cannot output."""
-
-    def __init__(self, collator: Any, num_labels: int | None, split: str) -> None:
-        self.collator, self.num_labels, self.split = collator, num_labels, split
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.collator(examples)
-        labels = batch.get("labels")
-        if self.num_labels is not None and labels is not None and not labels.is_floating_point():
-            bad = labels[(labels != -100) & ((labels < 0) | (labels >= self.num_labels))]
-            if bad.numel():
-                from petl.data import LabelError
-
-                raise LabelError(
-                    f"The {self.split} data has label {int(bad[0])}, but the model's head has {self.num_labels} "
-                    f"outputs (labels 0..{self.num_labels - 1}). Fix the labels, or load the model with "
-                    f"num_labels={int(bad.max()) + 1} or more."
-                )
-        return batch
-
-
+@dataclass
 class Run:
     """The objects of one training run, built by :func:`prepare_run`."""
 
-    def __init__(self, **fields: Any) -> None:
-        self.__dict__.update(fields)
+    config: TrainConfig
+    task: str
+    accelerator: Any
+    """The ``accelerate.Accelerator`` driving devices, precision and processes."""
+    model: nn.Module
+    """The model as Accelerate prepared it (a DDP wrapper under data parallelism)."""
+    unwrapped: nn.Module
+    """The user's model, which strategy hooks and checkpoints see."""
+    strategy: Any
+    """The model's strategy, or ``None`` under full fine-tuning."""
+    trainable: list[nn.Parameter]
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    eval_loader: Any
+    sampler: EpochOrder
+    total_steps: int
+    steps_per_epoch: int
+    output_dir: Path | None
+    evaluator_factory: EvaluatorFactory | None
+    known_metrics: tuple[str, ...] | None
+    """The metrics the default evaluator reports, to check ``metric_for_best`` against."""
+    own_attributes: set[str]
+    was_training: bool
+    enabled_checkpointing: bool
+    enabled_input_grads: bool
 
     def begin_strategy(self) -> None:
         if self.strategy is not None:
@@ -356,14 +273,14 @@ def prepare_run(
     # Own generators: creating a loader iterator must not draw from the global RNG (dropout uses it).
     train_loader = DataLoader(
         data.train, sampler=sampler, batch_size=config.batch_size,
-        collate_fn=_CheckedCollator(data.collator, check_labels, "training"),
+        collate_fn=CheckedCollator(data.collator, check_labels, "training"),
         generator=torch.Generator().manual_seed(config.seed),
     )
     eval_loader = None
     if data.eval is not None and len(data.eval) > 0:
         eval_loader = DataLoader(
             data.eval, batch_size=config.eval_batch_size or 2 * config.batch_size, shuffle=False,
-            collate_fn=_CheckedCollator(data.collator, check_labels, "evaluation"),
+            collate_fn=CheckedCollator(data.collator, check_labels, "evaluation"),
             generator=torch.Generator().manual_seed(config.seed),
         )
     trainable = [p for p in model.parameters() if p.requires_grad]
