@@ -1,0 +1,73 @@
+"""Every example runs, on a tiny budget, and says what it should.
+
+The scripts take ``--quick``; the plugin example is really installed (into a
+temporary folder) and then has to pass the conformance suite like a built-in.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def _run(args: list[str], tmp_path: Path, timeout: int = 600, **env: str) -> str:
+    environment = {**os.environ, "PETL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", **env}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def test_quickstart(tmp_path: Path) -> None:
+    out = _run([str(EXAMPLES / "quickstart.py"), "--quick", "--output", str(tmp_path)], tmp_path)
+    assert "74,498 / 22,788,484 (0.33%)" in out
+    assert "loaded: identical outputs" in out
+    assert (tmp_path / "quickstart-lora" / "adapter_model.safetensors").is_file()
+
+
+def test_text_classification(tmp_path: Path) -> None:
+    out = _run([str(EXAMPLES / "text_classification.py"), "--quick", "--output", str(tmp_path)], tmp_path)
+    assert "lora " in out and "adalora " in out and out.count("accuracy") == 2
+    assert "AdaLoRA ranks after training" in out
+
+
+def test_ner_bottleneck(tmp_path: Path) -> None:
+    out = _run([str(EXAMPLES / "ner_bottleneck.py"), "--quick", "--output", str(tmp_path)], tmp_path)
+    assert "entity F1" in out and "trainable / total" in out
+
+
+def test_causal_lm_prefix_and_8bit(tmp_path: Path) -> None:
+    out = _run([str(EXAMPLES / "causal_lm.py"), "--quick", "--output", str(tmp_path)], tmp_path)
+    assert "prefix (fp32 base)" in out and "lora (8-bit base)" in out
+    assert out.count("perplexity") == 2
+
+
+def test_custom_strategy_plugin_installs_and_passes_conformance(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(EXAMPLES / "custom_strategy")],
+        check=True, capture_output=True, timeout=300,
+    )
+    pythonpath = os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])
+    out = _run([str(EXAMPLES / "custom_strategy" / "demo.py")], tmp_path, PYTHONPATH=pythonpath)
+    assert "ia3" in out.split("registered strategies:")[1].splitlines()[0]
+    assert "merged back into a plain BertForSequenceClassification" in out
+    conformance = _run(
+        ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_conformance.py"), "-k", "ia3"],
+        tmp_path, PYTHONPATH=pythonpath,
+    )
+    assert "40 passed" in conformance, conformance[-2000:]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")))
+def test_examples_are_short(script: str) -> None:
+    assert len((EXAMPLES / script).read_text().splitlines()) <= 150
