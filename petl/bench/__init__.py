@@ -13,10 +13,10 @@ the size of the saved adapter and the wall time, and writes ``results.json``,
 predicts parameter counts and memory without loading weights.
 """
 
-from petl.bench.config import BenchConfig, StrategySpec, load_config
-from petl.bench.defaults import default_config
-from petl.bench.results import BenchResult, StrategyResult
-from petl.bench.runner import run_benchmark
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "BenchConfig",
@@ -27,3 +27,25 @@ __all__ = [
     "load_config",
     "run_benchmark",
 ]
+
+# Imported on first use, so that building the `petl` command line (which imports
+# petl.bench.cli) stays fast: the harness pulls in datasets, transformers and friends.
+_HOMES = {
+    "BenchConfig": "petl.bench.config",
+    "StrategySpec": "petl.bench.config",
+    "load_config": "petl.bench.config",
+    "default_config": "petl.bench.defaults",
+    "BenchResult": "petl.bench.results",
+    "StrategyResult": "petl.bench.results",
+    "run_benchmark": "petl.bench.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'petl.bench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

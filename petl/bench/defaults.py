@@ -21,9 +21,9 @@ def default_config() -> BenchConfig:
         task="sequence-classification",
         seeds=(0,),
         model=ModelSpec(name="minilm"),
-        data=DataSpec(train="synthetic", train_examples=1200, eval_examples=400, max_length=48),
+        data=DataSpec(train="synthetic", train_examples=800, eval_examples=300, max_length=48),
         train=TrainSpec(epochs=2, batch_size=16),
-        timing=TimingSpec(warmup_steps=3, steps=12, batches=4),
+        timing=TimingSpec(warmup_steps=2, steps=10, batches=4),
         strategies=(
             StrategySpec(name="full", learning_rate=1e-4),
             StrategySpec(name="lora", options={"r": 8}, learning_rate=2e-3),

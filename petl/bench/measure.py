@@ -49,15 +49,18 @@ def saved_size(model: nn.Module, *, full: bool) -> int:
     """Bytes on disk of what a user keeps after training.
 
     For a wrapped model: every file ``petl.save`` writes (adapter weights, petl_config.json
-    and the strategy's extra files). For full fine-tuning: the model's safetensors
-    weights as ``save_pretrained`` writes them.
+    and the strategy's extra files). For full fine-tuning: every weight of the model in one
+    safetensors file (shared tensors once), which is what a fully fine-tuned model costs
+    to keep; ``save_pretrained`` is not used because it refuses models loaded from GGUF.
     """
+    from safetensors.torch import save_model
+
     import petl
 
     folder = Path(tempfile.mkdtemp(prefix="petl-bench-size-"))
     try:
         if full:
-            model.save_pretrained(folder, safe_serialization=True)
+            save_model(model, str(folder / "model.safetensors"))
             return tree_bytes(folder, ".safetensors")
         petl.save(model, folder)
         return tree_bytes(folder)

@@ -168,6 +168,9 @@ def aggregate(row: StrategyResult, runs: list[dict[str, Any]], seeds: list[int],
     losses = [run["metrics"]["eval_loss"] for _, run in ok if "eval_loss" in run["metrics"]]
     row.eval_loss_mean = statistics.fmean(losses) if losses else None
     row.adapter_bytes = first["saved_bytes"]
+    notes = sorted({note for _, run in ok for note in run.get("notes", [])})
+    if notes:
+        row.error = "; ".join(([row.error] if row.error else []) + notes)
     row.global_steps = first["global_step"]
     row.train_time_s = statistics.fmean(run["train_time_s"] for _, run in ok)
     row.wall_time_s = statistics.fmean(run["wall_time_s"] for _, run in ok)

@@ -57,6 +57,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
         epochs=config.train.epochs, max_steps=config.train.max_steps, batch_size=config.train.batch_size,
         learning_rate=settings["learning_rate"], mixed_precision=settings["mixed_precision"],
         optimizer=settings["optimizer"], seed=seed, metric_for_best=config.metric_name,
+        load_best_at_end=False,  # report the final evaluation: no model selection on the evaluation set
         progress_bar=bool(job.get("progress", True)), logging_steps=10_000,
     )
     result = train(model, data, config=train_config)
@@ -74,10 +75,14 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
         train_loss=result.train_loss,
         train_time_s=result.runtime_s,
         load_time_s=loaded_s,
-        saved_bytes=saved_size(model, full=row.is_full),
         train_examples=len(data.train),
         eval_examples=len(data.eval) if data.eval is not None else 0,
     )
+    try:
+        out["saved_bytes"] = saved_size(model, full=row.is_full)
+    except Exception as exc:  # the training measurements stand even if saving fails
+        out["saved_bytes"] = None
+        out["notes"] = [f"saving failed: {type(exc).__name__}: {exc}"]
     out["wall_time_s"] = time.perf_counter() - started
     return out
 
