@@ -23,7 +23,7 @@ from typing import Any
 
 from petl.errors import ConfigError, PetlError
 
-__all__ = ["SUBCOMMANDS", "build_parser", "main", "parse_set"]
+__all__ = ["SUBCOMMANDS", "build_parser", "load_model", "main", "parse_set"]
 
 logger = logging.getLogger(__name__)
 
