@@ -4,6 +4,9 @@
                --train train.tsv --validation validation.tsv \\
                --strategy lora --set r=8 --set alpha=16 \\
                --epochs 3 --learning-rate 1e-3 --output runs/sst2-lora
+    petl bench                       # every strategy against full fine-tuning, built-in default
+    petl bench benchmarks/sst2_minilm.toml
+    petl estimate llama-7b --strategy lora --set r=8
 
 Each subcommand is added by one ``_add_<name>_parser(subparsers)`` function listed
 in :data:`SUBCOMMANDS`; it sets ``handler`` (a function of the parsed arguments
@@ -110,7 +113,13 @@ def _add_train_parser(subparsers: Any) -> None:
     p.set_defaults(handler=_run_train)
 
 
-SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_train_parser,)
+def _add_bench_parsers(subparsers: Any) -> None:
+    from petl.bench.cli import add_bench_parsers  # `petl bench` and `petl estimate`
+
+    add_bench_parsers(subparsers)
+
+
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_train_parser, _add_bench_parsers)
 """The functions that add each subcommand's parser."""
 
 

@@ -37,12 +37,23 @@ CONFIG_NAME = "petl_config.json"
 FORMAT_VERSION = 1
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write: Any) -> None:
-    """Write a file through ``write(tmp_path)`` to a temporary name, then rename it."""
+    """Write a file through ``write(tmp_path)`` to a temporary name, then rename it.
+
+    The file gets the permissions an ordinary ``open(path, "w")`` would give it
+    (``mkstemp`` alone would leave it readable by its owner only).
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -183,3 +183,13 @@ def test_unwritable_folder(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(petl.PetlError, match="Cannot create"):
         petl.save(petl.wrap(T.build("bert", "seq-cls"), "lora"), blocker / "adapter")
+
+
+def test_saved_files_get_ordinary_permissions(saved) -> None:
+    import os
+
+    folder, _ = saved
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
