@@ -41,12 +41,21 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def load_average() -> list[float] | None:
+    """The system load over the last 1, 5 and 15 minutes, or ``None`` where unknown."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def collect_environment() -> dict[str, Any]:
     """A JSON-ready description of this machine and software.
 
     Keys: ``date`` (UTC, ISO 8601), ``python``, ``versions`` (torch, transformers, peft,
     accelerate, petl, ...), ``platform``, ``cpu``, ``cpu_count`` (logical CPUs),
-    ``cpus_available`` (those this process may use), ``torch_threads``, ``gpu``
+    ``cpus_available`` (those this process may use), ``torch_threads``, ``load_average``
+    (1, 5 and 15 minutes, where the OS reports it: other work on the machine), ``gpu``
     (name or ``None``), ``cuda`` (torch's CUDA version or ``None``), ``git_commit``
     and ``git_dirty`` (``None`` outside a git checkout).
     """
@@ -68,6 +77,7 @@ def collect_environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpus_available": available,
         "torch_threads": torch.get_num_threads(),
+        "load_average": load_average(),
         "gpu": gpu,
         "cuda": torch.version.cuda,
         "git_commit": commit,

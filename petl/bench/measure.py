@@ -2,9 +2,10 @@
 
 On the CPU, a run's memory is the peak resident set size of the fresh process it
 runs in: ``getrusage(RUSAGE_SELF).ru_maxrss`` (kibibytes on Linux, bytes on macOS),
-read once after the model is loaded and once after training, so that
+read once the data is tokenised and the model loaded and wrapped, and once after
+training, so that
 
-    training increment = peak RSS after training - peak RSS after loading
+    training increment = peak RSS after training - peak RSS before training
 
 is what training adds on top of holding the model (gradients, optimizer states,
 activations). On a GPU the same two readings come from

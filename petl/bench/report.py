@@ -5,7 +5,7 @@ Plots:
 
 * ``metric_vs_params.png``: the task metric (mean over seeds, with min-max bars)
   against trainable parameters on a log axis;
-* ``memory.png``: peak memory per row, split into "after loading" and "training";
+* ``memory.png``: peak memory per row, split into "before training" and "added by training";
 * ``step_time.png``: median step time per row (min-max bars) from the side-by-side loop.
 """
 
@@ -112,8 +112,9 @@ def markdown(result: BenchResult) -> str:
     memory_kind = next((r.memory_kind for r in result.rows if r.memory_kind), "cpu-rss")
     memory_note = (
         "peak resident memory (`ru_maxrss`) of each run's own process; \"train MiB\" is the rise from the peak "
-        "after loading the data and the model" if memory_kind == "cpu-rss" else
-        "`torch.cuda.max_memory_allocated` during training; \"train MiB\" is the rise over the memory after loading"
+        "before training (data tokenised, model loaded and wrapped)" if memory_kind == "cpu-rss" else
+        "`torch.cuda.max_memory_allocated` during training; \"train MiB\" is the rise over the memory allocated "
+        "before training (model loaded and wrapped)"
     )
     lines = [
         f"# Benchmark: {result.name}",
@@ -126,7 +127,8 @@ def markdown(result: BenchResult) -> str:
         f"* memory: {memory_note}.",
         f"* step time: median of {timing.get('steps')} timed steps per row after {timing.get('warmup_steps')} "
         f"warm-up steps, rows interleaved round-robin on the same {timing.get('batches')} fixed batches of "
-        f"{timing.get('batch_size')} examples; ex/s = batch size / median step time.",
+        f"{timing.get('batch_size')} examples; ex/s = batch size / median step time."
+        if timing.get("steps") else "* step time: not measured ([timing] steps = 0).",
         "* saved: bytes written by `petl.save` (full fine-tuning: the model's safetensors).",
         "* time s: wall time of one run's process work (loading, training, evaluation, saving), mean over seeds.",
     ]
@@ -140,6 +142,15 @@ def markdown(result: BenchResult) -> str:
     for row in result.rows:
         if row.error:
             lines.append(f"* {row.label} failed: {row.error.splitlines()[0]}")
+    lines += ["", "## Rows", "",
+              "| strategy | name | options | learning rate | precision | optimizer | 8-bit | steps |",
+              "|:---|:---|:---|---:|:---|:---|:---|---:|"]
+    for row in result.rows:
+        options = ", ".join(f"{k}={v}" for k, v in row.options.items()) or "-"
+        rate = "trainer default" if row.learning_rate is None else f"{row.learning_rate:g}"
+        lines.append(f"| {row.label} | {row.strategy} | {options} | {rate} | {row.mixed_precision} | "
+                     f"{row.optimizer} | {'yes' if row.load_in_8bit else 'no'} | {row.global_steps or '-'} |")
+    load = env.get("load_average")
     lines += [
         "",
         "## Environment",
@@ -148,6 +159,9 @@ def markdown(result: BenchResult) -> str:
         f"* CPU: {env.get('cpu')} ({env.get('cpus_available')} of {env.get('cpu_count')} logical CPUs available, "
         f"{env.get('torch_threads')} torch threads); GPU: {env.get('gpu') or 'none'}",
         f"* petl commit {env.get('git_commit') or 'unknown'}{' (with local changes)' if env.get('git_dirty') else ''}",
+        *([f"* system load average (1/5/15 min) {load} at the start, {env.get('load_average_end')} at the end: "
+           "other processes shared the CPUs" if load[0] > 0.5 * (env.get('cpus_available') or 1) else
+           f"* system load average (1/5/15 min) {load} at the start"] if load else []),
         "",
     ]
     return "\n".join(lines)
@@ -225,7 +239,7 @@ def write_plots(result: BenchResult, folder: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     load = [r.memory_after_load_mib or 0.0 for r in rows]
     train = [r.train_memory_mib or 0.0 for r in rows]
-    ax.bar(labels, load, label="after loading")
+    ax.bar(labels, load, label="before training (model loaded)")
     ax.bar(labels, train, bottom=load, label="added by training")
     kind = next((r.memory_kind for r in rows if r.memory_kind), "cpu-rss")
     ax.set_ylabel("peak RSS of the run (MiB)" if kind == "cpu-rss" else "CUDA max allocated (MiB)")

@@ -47,7 +47,7 @@ class StrategyResult:
     memory_kind: str | None = None
     """``"cpu-rss"`` (peak resident memory of the run's process) or ``"cuda"`` (max allocated)."""
     memory_after_load_mib: float | None = None
-    """Peak memory once the data and the model are loaded, before training."""
+    """Peak memory once the data is tokenised and the model loaded and wrapped, before training."""
     peak_memory_mib: float | None = None
     """Peak memory at the end of training."""
     train_memory_mib: float | None = None
@@ -84,6 +84,10 @@ class StrategyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> StrategyResult:
+        return cls(**values)
 
 
 @dataclass
@@ -124,6 +128,16 @@ class BenchResult:
             "config": self.config,
             "results": [row.to_dict() for row in self.rows],
         }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], output_dir: Path | None = None) -> BenchResult:
+        """Read back what :meth:`to_dict` wrote (``results.json``), e.g. to redraw the reports."""
+        return cls(
+            name=values["name"], rows=[StrategyResult.from_dict(r) for r in values["results"]],
+            config=values["config"], environment=values["environment"], wall_time_s=values["wall_time_s"],
+            device=values["device"], data=values.get("data", {}), timing=values.get("timing", {}),
+            output_dir=output_dir,
+        )
 
 
 def _spread(values: list[float]) -> dict[str, float | None]:

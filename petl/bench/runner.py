@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from petl.bench.config import BenchConfig, check_runnable
-from petl.bench.environment import collect_environment
+from petl.bench.environment import collect_environment, load_average
 from petl.bench.results import BenchResult, StrategyResult, add_ratios, add_timing, aggregate
 from petl.errors import PetlError
 
@@ -154,6 +154,7 @@ def run_benchmark(
         add_ratios(rows)
     finally:
         shutil.rmtree(output / WORK_DIR, ignore_errors=True)
+    environment["load_average_end"] = load_average()
     result = BenchResult(
         name=config.name, rows=rows, config=config.to_dict(), environment=environment,
         wall_time_s=time.perf_counter() - started, device=device, data=data, timing=timing, output_dir=output,

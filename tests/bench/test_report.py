@@ -65,6 +65,7 @@ def test_json_csv_and_markdown_agree(result: BenchResult, tmp_path: Path) -> Non
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["results"] == [row.to_dict() for row in result.rows]
     assert saved["wall_time_s"] == 42.0 and saved["environment"]["git_commit"] == "abc"
+    assert BenchResult.from_dict(saved).to_dict() == saved  # reports can be redrawn from results.json
 
     with (tmp_path / "results.csv").open(newline="") as handle:
         lines = list(csv.DictReader(handle))
@@ -85,7 +86,9 @@ def test_json_csv_and_markdown_agree(result: BenchResult, tmp_path: Path) -> Non
                 assert line[column] == value, column
 
     md = (tmp_path / "results.md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("| ")]
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    table = [line for line in lines[start:lines.index("", start)] if line.startswith("| ")]  # the first table
     header = [c.strip() for c in table[0].strip("|").split("|")]
     assert header == list(TABLE_HEADERS)
     split = ([x.strip() for x in line.strip("|").split("|")] for line in table[1:])
@@ -105,6 +108,8 @@ def test_json_csv_and_markdown_agree(result: BenchResult, tmp_path: Path) -> Non
     assert "prefix failed: seed 0: PetlError: it broke" in md
     assert "bag-of-words logistic regression reaches 60.0%" in md
     assert "petl commit abc" in md
+    assert "| lora | lora | r=8 | 0.001 | no | adamw | no | 10 |" in md  # the rows' settings
+    assert "| prefix | prefix | num_virtual_tokens=4 | trainer default | no | adamw | no | - |" in md
 
 
 def test_plots_are_png_images(result: BenchResult, tmp_path: Path) -> None:
