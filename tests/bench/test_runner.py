@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 import transformers as tf
-from bench_tiny import tiny_config
 
 import petl
 from petl.bench import run_benchmark, runner, worker
 from petl.bench.config import BenchConfig, StrategySpec
 from petl.bench.measure import saved_size
 from petl.bench.results import BenchResult
+
+from .bench_tiny import tiny_config
 
 
 def _in_process(job: dict[str, Any], work: Path, name: str, device: str) -> dict[str, Any]:
@@ -65,6 +66,17 @@ def test_parameter_counts_and_ratios(bench: tuple[BenchConfig, BenchResult]) -> 
         assert row.ratio_to_full == count.trainable / full.trainable_params
     assert full.trainable_params == full.total_params and full.ratio_to_full == 1.0
     assert 0 < lora.trainable_share < 0.1
+
+
+def test_every_field_of_a_successful_row_is_filled(bench: tuple[BenchConfig, BenchResult]) -> None:
+    config, result = bench
+    for row in (result.row("full"), result.row("lora")):
+        empty = [name for name, value in row.to_dict().items() if value is None and name != "error"]
+        assert empty == [], (row.label, empty)
+        spec, settings = config.row(row.label), config.resolved(config.row(row.label))
+        assert (row.strategy, row.options) == (spec.name, spec.options)
+        assert (row.learning_rate, row.mixed_precision, row.optimizer, row.load_in_8bit) == (
+            settings["learning_rate"], settings["mixed_precision"], settings["optimizer"], settings["load_in_8bit"])
 
 
 def test_memory_fields(bench: tuple[BenchConfig, BenchResult]) -> None:
