@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -101,7 +102,9 @@ def _time_job(job: dict[str, Any]) -> dict[str, Any]:
     data = load_data(config, tokenizer)
     seed = config.seeds[0]
     batches = fixed_batches(data, config.train.batch_size, config.timing.batches, seed, device)
-    total = config.timing.warmup_steps + config.timing.steps
+    # Strategies with a schedule (AdaLoRA's rank budget) plan for the real run's length.
+    planned = config.train.max_steps or config.train.epochs * math.ceil(len(data.train) / config.train.batch_size)
+    total = max(planned, config.timing.warmup_steps + config.timing.steps)
     subjects, errors = [], {}
     for row in config.strategies:
         try:

@@ -185,3 +185,14 @@ def test_the_loaded_model_is_the_configured_one(tiny_model_dir: Path) -> None:
     assert isinstance(model, tf.BertForSequenceClassification) and model.config.hidden_size == 32
     assert petl.wrapping.is_wrapped(model)
     assert not petl.wrapping.is_wrapped(_fresh(config, "full"))
+
+
+def test_timing_gives_scheduled_strategies_the_real_runs_length(tiny_model_dir: Path) -> None:
+    # AdaLoRA refuses a schedule shorter than tinit + tfinal: the timing loop must plan for the
+    # training run's 10 steps, not for its own 1 + 2.
+    row = StrategySpec(name="adalora", options={"init_r": 4, "target_r": 2, "tinit": 3, "tfinal": 3})
+    config = tiny_config(tiny_model_dir, row)
+    config = config.replace(train=config.train.__class__(max_steps=10, batch_size=4))
+    measured = worker.run_job({"mode": "time", "config": config.to_dict(), "device": "cpu", "progress": False})
+    assert measured["errors"] == {}
+    assert measured["timings"]["adalora"]["steps"] == config.timing.steps
