@@ -71,3 +71,33 @@ def test_custom_strategy_plugin_installs_and_passes_conformance(tmp_path: Path) 
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")))
 def test_examples_are_short(script: str) -> None:
     assert len((EXAMPLES / script).read_text().splitlines()) <= 150
+
+
+def test_compare_strategies_notebook_runs_headless(tmp_path: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(EXAMPLES / "compare_strategies.ipynb", as_version=4)
+    os.environ["PETL_NOTEBOOK_QUICK"] = "1"
+    os.environ["PETL_NOTEBOOK_OUTPUT"] = str(tmp_path / "bench")
+    try:
+        NotebookClient(notebook, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        os.environ.pop("PETL_NOTEBOOK_QUICK")
+        os.environ.pop("PETL_NOTEBOOK_OUTPUT")
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    table = next(o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
+    for strategy in ("full", "lora", "adalora", "prefix", "bottleneck"):
+        assert f"| {strategy} |" in table
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
+
+
+def test_committed_notebook_holds_a_real_run() -> None:
+    import nbformat
+
+    notebook = nbformat.read(EXAMPLES / "compare_strategies.ipynb", as_version=4)
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    table = next(o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
+    assert "800 training, 300 evaluation examples" in table, "the committed outputs must come from the full default"
