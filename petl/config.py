@@ -50,13 +50,7 @@ class StrategyConfig:
         Raises:
             ConfigError: An option is unknown or has an invalid value.
         """
-        valid = cls.option_names()
-        for key in options:
-            if key not in valid:
-                raise ConfigError(
-                    f"{key!r} is not an option of the {cls.strategy!r} strategy."
-                    f"{suggest(key, valid)} Valid options: {', '.join(valid)}."
-                )
+        reject_unknown(options, cls.option_names(), f"an option of the {cls.strategy!r} strategy")
         try:
             return cls(**options)
         except TypeError as exc:  # e.g. a value of the wrong type reaching a comparison
@@ -65,6 +59,16 @@ class StrategyConfig:
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON-ready values (tuples become lists)."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def reject_unknown(options: Mapping[str, Any], valid: tuple[str, ...], what: str) -> None:
+    """Raise a :class:`ConfigError` for the first key of ``options`` not in ``valid``,
+    saying it "is not <what>", suggesting the nearest valid name and listing them all."""
+    for key in options:
+        if key not in valid:
+            raise ConfigError(
+                f"{key!r} is not {what}.{suggest(str(key), valid)} Valid options: {', '.join(valid)}."
+            )
 
 
 def _jsonable(value: Any) -> Any:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from petl.config import _set, check
+from petl.config import _set, check, reject_unknown
 from petl.errors import ConfigError, suggest
 
 __all__ = ["MIXED_PRECISION", "OPTIMIZERS", "SCHEDULERS", "TrainConfig"]
@@ -170,12 +170,7 @@ class TrainConfig:
         Raises:
             ConfigError: An option is unknown or has an invalid value.
         """
-        valid = cls.option_names()
-        for key in options:
-            if key not in valid:
-                raise ConfigError(
-                    f"{key!r} is not a training option.{suggest(str(key), valid)} Valid options: {', '.join(valid)}."
-                )
+        reject_unknown(options, cls.option_names(), "a training option")
         return cls(**options)
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,14 +21,6 @@ from petl.strategies.lora import LoraConfig, LoraStrategy
 from petl.train import TrainConfig, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_structures_round_trip_exactly() -> None:
     value = {
         "state": {

@@ -20,14 +20,6 @@ from petl.demo_models import minilm_path
 SENTENCES = ["a fine film", "a dull film", "fine acting and a fine plot", "dull acting", "fine", "dull"] * 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny BERT with MiniLM's vocabulary (so MiniLM's tokenizer fits it) and tiny data files."""

@@ -8,10 +8,10 @@ say so with ``UnsupportedModelError`` and leave the model untouched.
 from __future__ import annotations
 
 import pytest
+import tiny_models as T
 import torch
 
 import petl
-import tiny_models as T
 from petl.errors import AlreadyWrappedError, NotMergeableError, UnsupportedModelError
 from petl.io import adapter_tensors
 from petl.wrapping import is_wrapped, state_of

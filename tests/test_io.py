@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import tiny_models as T
 import torch
 
 import petl
-import tiny_models as T
 from petl.errors import AlreadyWrappedError, CheckpointError, NotWrappedError
 from petl.io import CONFIG_NAME, WEIGHTS_NAME
 from petl.wrapping import is_wrapped

@@ -32,15 +32,6 @@ MODELS = {  # task -> (architecture, head) of tests/tiny_models.py
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine's cores are shared: one thread avoids oversubscription (a 10x slowdown)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def wrapped(task: str = "sequence-classification", strategy: str = "lora", **options: Any) -> torch.nn.Module:
     model = tm.build(*MODELS[task])
     torch.manual_seed(0)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import tiny_models as T
 import torch
 
 import petl
-import tiny_models as T
 from petl.errors import ConfigError, NotWrappedError
 
 

@@ -1,5 +1,3 @@
 """Built-in strategies: one module each. Importing a module registers it."""
 
-from petl.strategies import adalora, lora  # noqa: F401
-from petl.strategies import prefix  # noqa: F401
-from petl.strategies import bottleneck  # noqa: F401
+from petl.strategies import adalora, bottleneck, lora, prefix  # noqa: F401

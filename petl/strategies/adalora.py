@@ -24,7 +24,6 @@ resizing; :meth:`AdaLoraStrategy.effective_ranks` reports the ranks in use.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,7 +34,7 @@ from torch import nn
 from petl.config import StrategyConfig, check
 from petl.errors import ConfigError
 from petl.registry import register
-from petl.strategies.lora import ADAPTER_NAME, LoraConfig, LoraStrategy, _json_default
+from petl.strategies.lora import ADAPTER_NAME, LoraConfig, LoraStrategy
 
 __all__ = ["AdaLoraConfig", "AdaLoraStrategy"]
 
@@ -66,7 +65,9 @@ class AdaLoraConfig(LoraConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(isinstance(self.init_r, int) and self.init_r > 0, f"init_r must be a positive integer, got {self.init_r!r}.")
+        check(
+            isinstance(self.init_r, int) and self.init_r > 0, f"init_r must be a positive integer, got {self.init_r!r}."
+        )
         check(
             isinstance(self.target_r, int) and 0 < self.target_r <= self.init_r,
             f"target_r must be an integer in [1, init_r={self.init_r}], got {self.target_r!r}.",
@@ -74,7 +75,9 @@ class AdaLoraConfig(LoraConfig):
         for name in ("tinit", "tfinal"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 0, f"{name} must be a non-negative integer, got {value!r}.")
-        check(isinstance(self.deltaT, int) and self.deltaT > 0, f"deltaT must be a positive integer, got {self.deltaT!r}.")
+        check(
+            isinstance(self.deltaT, int) and self.deltaT > 0, f"deltaT must be a positive integer, got {self.deltaT!r}."
+        )
         check(self.orth_reg_weight >= 0, f"orth_reg_weight must be >= 0, got {self.orth_reg_weight!r}.")
         if self.total_step is not None:
             check_schedule(self.total_step, self.tinit, self.tfinal)
@@ -216,8 +219,7 @@ class AdaLoraStrategy(LoraStrategy):
         finally:
             self._peft.rank_pattern = saved
 
-    def extra_files(self, model: nn.Module) -> dict[str, str]:
-        config = self._peft.to_dict()
+    def adapter_config(self, model: nn.Module) -> dict[str, Any]:
+        config = super().adapter_config(model)
         config["rank_pattern"] = None  # tensors are saved at init_r; see adapter_state_dict
-        config["base_model_name_or_path"] = getattr(getattr(model, "config", None), "name_or_path", None)
-        return {"adapter_config.json": json.dumps(config, indent=2, sort_keys=True, default=_json_default) + "\n"}
+        return config

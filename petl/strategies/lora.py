@@ -26,7 +26,7 @@ import torch
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
-from petl.config import StrategyConfig, check, _set, _str_tuple
+from petl.config import StrategyConfig, _set, _str_tuple, check
 from petl.errors import PetlError, TargetNotFoundError
 from petl.registry import register
 from petl.strategy import StrategyBase
@@ -70,13 +70,16 @@ class LoraConfig(StrategyConfig):
         super().__post_init__()
         check(isinstance(self.r, int) and self.r > 0, f"r must be a positive integer, got {self.r!r}.")
         check(
-            isinstance(self.alpha, (int, float)) and self.alpha > 0, f"alpha must be a positive number, got {self.alpha!r}."
+            isinstance(self.alpha, (int, float)) and self.alpha > 0,
+            f"alpha must be a positive number, got {self.alpha!r}.",
         )
         check(
             isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
             f"dropout must be in [0, 1), got {self.dropout!r}.",
         )
-        check(self.bias in ("none", "all", "lora_only"), f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}.")
+        check(
+            self.bias in ("none", "all", "lora_only"), f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}."
+        )
         if self.target_modules is not None and not isinstance(self.target_modules, str):
             _set(self, "target_modules", _str_tuple("target_modules", self.target_modules))
         if isinstance(self.target_modules, tuple):
@@ -172,10 +175,15 @@ class LoraStrategy(StrategyBase):
         if unexpected:
             raise PetlError(f"peft did not recognise these adapter tensors: {unexpected[:5]}")
 
-    def extra_files(self, model: nn.Module) -> dict[str, str]:
+    def adapter_config(self, model: nn.Module) -> dict[str, Any]:
+        """peft's ``adapter_config.json`` content for this adapter."""
         config = self.tuner.peft_config[ADAPTER_NAME].to_dict()
         config["base_model_name_or_path"] = getattr(getattr(model, "config", None), "name_or_path", None)
-        return {"adapter_config.json": json.dumps(config, indent=2, sort_keys=True, default=_json_default) + "\n"}
+        return config
+
+    def extra_files(self, model: nn.Module) -> dict[str, str]:
+        text = json.dumps(self.adapter_config(model), indent=2, sort_keys=True, default=_json_default)
+        return {"adapter_config.json": text + "\n"}
 
     def remove(self, model: nn.Module) -> nn.Module:
         # peft's unload keeps the *trained* copy of modules_to_save; unwrap must give back the original.

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import tiny_models as T
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from torch import nn
 
 import petl
-import tiny_models as T
 from petl.errors import ConfigError, TargetNotFoundError
 from petl.wrapping import state_of
 
@@ -61,7 +61,7 @@ def test_parity_with_peft_get_peft_model(arch: str, head: str, tmp_path) -> None
     ours = petl.wrap(T.build(arch, head), "lora", r=4, alpha=8)
     torch.manual_seed(3)
     with torch.no_grad():
-        for name, param in ours.named_parameters():
+        for param in ours.parameters():
             if param.requires_grad:
                 param.normal_(0, 0.1)
     petl.save(ours, tmp_path)

@@ -4,7 +4,6 @@ with peft, masks, cached generation, gradient checkpointing, save/load and bad i
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import tiny_models as T
@@ -20,15 +19,6 @@ from petl.wrapping import is_wrapped, state_of
 
 IDS = [f"{a}-{h}" for a, h in T.CASES]
 P = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny models gain nothing from threads, and on a busy shared machine threads wait on each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _prefix(model: nn.Module) -> nn.Module:
