@@ -200,3 +200,41 @@ def test_adalora_pruned_triplets_are_zero_and_saved_adapter_reloads(tmp_path) ->
     for reloaded in (petl.load(T.build("bert", "seq-cls"), tmp_path),
                      PeftModel.from_pretrained(T.build("bert", "seq-cls"), tmp_path).eval()):
         torch.testing.assert_close(T.logits(reloaded, batch), T.logits(model, batch), atol=1e-6, rtol=0)
+
+
+def test_adalora_trains_step_for_step_like_peft() -> None:
+    """Same start, same batches: petl's task losses follow peft's AdaLoRA, budget allocation included."""
+    from peft import AdaLoraConfig as PeftAdaLoraConfig
+
+    batch = T.inputs("bert", "seq-cls", batch=4)
+    schedule = {"init_r": 6, "target_r": 2, "total_step": 8, "tinit": 1, "tfinal": 1}
+    ours = petl.wrap(T.build("bert", "seq-cls"), "adalora", **schedule)
+    theirs = get_peft_model(T.build("bert", "seq-cls"), PeftAdaLoraConfig(
+        **schedule, lora_alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"]))
+    start = {k.removeprefix("base_model.model."): v for k, v in theirs.state_dict().items()}
+    with torch.no_grad():
+        for name, param in ours.named_parameters():
+            if param.requires_grad:
+                param.copy_(start[name])
+    for model in (ours, theirs):
+        model.train()
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+    strategy = state_of(ours).strategy
+    opt_ours = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-2)
+    opt_theirs = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-2)
+    for step in range(1, 9):
+        task = ours(**batch).loss
+        (task + strategy.regularization_loss(ours)).backward()
+        opt_ours.step()
+        strategy.on_step_end(ours, step)
+        opt_ours.zero_grad()
+        reference = theirs(**batch).loss  # peft's classification path adds no orthogonality term
+        reference.backward()
+        opt_theirs.step()
+        theirs.base_model.update_and_allocate(step)
+        opt_theirs.zero_grad()
+        assert task.item() == pytest.approx(reference.item(), abs=1e-3), f"step {step}"
+    ranks = strategy.effective_ranks(ours)
+    assert sum(ranks.values()) == 2 * len(ranks)
