@@ -126,11 +126,7 @@ class AdaLoraStrategy(LoraStrategy):
             beta2=c.beta2,
             orth_reg_weight=c.orth_reg_weight,
             total_step=total,
-            lora_alpha=c.alpha,
-            lora_dropout=c.dropout,
-            target_modules=self._targets(model),
-            bias=c.bias,
-            modules_to_save=list(c.modules_to_save or []) or None,
+            **self._peft_options(model),
         )
 
     @property

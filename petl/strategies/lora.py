@@ -129,19 +129,20 @@ class LoraStrategy(StrategyBase):
             'these names (usually the attention query and value projections), or target_modules="all-linear".'
         )
 
+    def _peft_options(self, model: nn.Module) -> dict[str, Any]:
+        """The peft config options LoRA and AdaLoRA share."""
+        c = self.config
+        return {
+            "lora_alpha": c.alpha,
+            "lora_dropout": c.dropout,
+            "target_modules": self._targets(model),
+            "bias": c.bias,
+            "modules_to_save": list(c.modules_to_save or []) or None,
+        }
+
     def peft_config(self, model: nn.Module) -> peft.PeftConfig:
         """The equivalent peft config for ``model``."""
-        c = self.config
-        target = self._targets(model)
-        return peft.LoraConfig(
-            r=c.r,
-            lora_alpha=c.alpha,
-            lora_dropout=c.dropout,
-            target_modules=target,
-            bias=c.bias,
-            use_rslora=c.use_rslora,
-            modules_to_save=list(c.modules_to_save or []) or None,
-        )
+        return peft.LoraConfig(r=self.config.r, use_rslora=self.config.use_rslora, **self._peft_options(model))
 
     def inject(self, model: nn.Module) -> None:
         if hasattr(model, "peft_config"):
