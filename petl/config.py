@@ -8,7 +8,7 @@ so a config round-trips through the ``petl_config.json`` written by ``petl.save`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -61,14 +61,15 @@ class StrategyConfig:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
-def reject_unknown(options: Mapping[str, Any], valid: tuple[str, ...], what: str) -> None:
+def reject_unknown(
+    options: Mapping[str, Any], valid: Sequence[str], what: str, *, noun: str = "options"
+) -> None:
     """Raise a :class:`ConfigError` for the first key of ``options`` not in ``valid``,
-    saying it "is not <what>", suggesting the nearest valid name and listing them all."""
+    saying it "is not <what>", suggesting the nearest valid name and listing them all
+    ("Valid <noun>: ...")."""
     for key in options:
         if key not in valid:
-            raise ConfigError(
-                f"{key!r} is not {what}.{suggest(str(key), valid)} Valid options: {', '.join(valid)}."
-            )
+            raise ConfigError(f"{key!r} is not {what}.{suggest(str(key), valid)} Valid {noun}: {', '.join(valid)}.")
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from petl import registry
-from petl.config import check
+from petl.config import check, reject_unknown
 from petl.errors import ConfigError, UnknownStrategyError, suggest
 
 __all__ = ["FULL", "ROW_KEYS", "DataSpec", "ModelSpec", "StrategySpec", "TimingSpec", "TrainSpec"]
@@ -34,11 +34,7 @@ def check_keys(section: str, options: Mapping[str, Any], cls: type) -> None:
     if not isinstance(options, Mapping):
         raise ConfigError(f"[{section}] must be a table of options, got {type(options).__name__}: {options!r}.")
     valid = [f.name for f in dataclasses.fields(cls) if f.init]
-    for key in options:
-        if key not in valid:
-            raise ConfigError(
-                f"Unknown key {key!r} in [{section}].{suggest(str(key), valid)} Valid keys: {', '.join(valid)}."
-            )
+    reject_unknown(options, valid, f"a key of [{section}]", noun="keys")
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -277,7 +273,7 @@ class StrategySpec:
                     if key in registry.get(options["name"]).config_class.option_names():
                         extra = f" Strategy options go inside the row's options table: options = {{ {key} = ... }}."
                 raise ConfigError(
-                    f"Unknown key {key!r} in the [[strategies]] row {options['name']!r}.{hint}{extra} "
+                    f"{key!r} is not a key of the [[strategies]] row {options['name']!r}.{hint}{extra} "
                     f"Valid keys: {', '.join(ROW_KEYS)}."
                 )
         return cls(**options)
