@@ -9,6 +9,7 @@ are kept aside and put back by ``petl.unwrap``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -51,22 +52,45 @@ def find_task_heads(model: nn.Module) -> tuple[str, ...]:
 
 
 def resolve_heads(model: nn.Module, requested: tuple[str, ...] | None) -> tuple[str, ...]:
-    """The modules to train in full: ``requested``, or the fresh task head when ``None``.
+    """The full names of the modules to train in full: ``requested``, or the fresh task
+    head when ``None``.
+
+    A requested name is either a full module name (``"bert.pooler"``) or, as in peft's
+    ``modules_to_save``, the tail of one at a dot boundary (``"pooler"``), which
+    selects every module whose name ends with it.
 
     Raises:
-        TargetNotFoundError: A requested name is not a module of the model.
+        TargetNotFoundError: A requested name matches no module of the model.
     """
     if requested is None:
         return find_task_heads(model)
-    modules = dict(model.named_modules())
-    missing = [name for name in requested if name not in modules]
+    names = [name for name, _ in model.named_modules() if name]
+    resolved: list[str] = []
+    missing: list[str] = []
+    for wanted in requested:
+        matches = [name for name in names if name == wanted or name.endswith("." + wanted)]
+        if not matches:
+            missing.append(wanted)
+        resolved.extend(name for name in matches if name not in resolved)
     if missing:
         top = ", ".join(name for name, _ in model.named_children())
         raise TargetNotFoundError(
-            f"modules_to_save names {missing}, which the model ({type(model).__name__}) does not have. "
-            f"Give full module names as in model.named_modules(); its top-level modules are: {top}."
+            f"modules_to_save names {missing}, which match no module of the model ({type(model).__name__}). "
+            f"Give module names as in model.named_modules() (a full name, or its last parts such as "
+            f"'pooler' for 'bert.pooler'); its top-level modules are: {top}."
         )
-    return requested
+    # A module inside another one already listed is trained through its parent.
+    heads = tuple(name for name in resolved if not any(name.startswith(other + ".") for other in resolved))
+    left_out = [name for name in find_task_heads(model) if heads and name not in heads]
+    if left_out:
+        warnings.warn(
+            f"modules_to_save={list(requested)} leaves out the fresh task head {left_out}, which will keep "
+            f"its random initial weights. Add it to modules_to_save to train it (pass "
+            f"modules_to_save=[] to train no head at all without this warning).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return heads
 
 
 @dataclass

@@ -125,7 +125,7 @@ def wrap(model: nn.Module, strategy: str | StrategyConfig, /, **options: Any) ->
         )
     instance = _build(strategy, options)
     heads = resolve_heads(model, instance.config.modules_to_save)
-    if instance.config.modules_to_save is None:
+    if instance.config.modules_to_save != heads:
         instance.config = _with_heads(instance.config, heads)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
     for param in model.parameters():
@@ -141,7 +141,7 @@ def wrap(model: nn.Module, strategy: str | StrategyConfig, /, **options: Any) ->
 
 
 def _with_heads(config: StrategyConfig, heads: tuple[str, ...]) -> StrategyConfig:
-    # Record the resolved heads so that save/load rebuilds exactly the same adapter.
+    # Record the resolved (full) head names so that save/load rebuilds exactly the same adapter.
     options = {**config.to_dict(), "modules_to_save": heads}
     return type(config).from_dict(options)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import tiny_models as T
 import torch
 
 import petl
 from petl.errors import ConfigError, NotWrappedError
+from petl.wrapping import state_of
 
 
 def test_wrap_returns_the_same_object_and_freezes_the_base() -> None:
@@ -83,3 +86,26 @@ def test_count_parameters_on_any_module() -> None:
     count = petl.count_parameters(layer)
     assert (count.trainable, count.total) == (6, 8)
     assert str(count) == "6 / 8 (75.00%)"
+
+
+@pytest.mark.parametrize("strategy", ["lora", "bottleneck"])
+def test_modules_to_save_takes_short_names_and_records_full_ones(strategy: str, tmp_path) -> None:
+    model = petl.wrap(T.build("bert", "seq-cls"), strategy, modules_to_save=["pooler", "classifier"])
+    assert state_of(model).strategy.config.modules_to_save == ("bert.pooler", "classifier")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("pooler" in n for n in trainable) and any("classifier" in n for n in trainable)
+    petl.save(model, tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "petl_config.json").read_text())
+    assert saved["config"]["modules_to_save"] == ["bert.pooler", "classifier"]
+    loaded = petl.load(T.build("bert", "seq-cls"), tmp_path / "adapter")
+    assert petl.count_parameters(loaded).trainable == petl.count_parameters(model).trainable
+
+
+def test_modules_to_save_inside_a_listed_module_is_not_listed_twice() -> None:
+    model = petl.wrap(T.build("bert", "seq-cls"), "bottleneck", modules_to_save=["bert.pooler", "pooler.dense", "classifier"])
+    assert state_of(model).strategy.config.modules_to_save == ("bert.pooler", "classifier")
+
+
+def test_modules_to_save_without_the_fresh_head_warns() -> None:
+    with pytest.warns(UserWarning, match=r"leaves out the fresh task head \['classifier'\]"):
+        petl.wrap(T.build("bert", "seq-cls"), "lora", modules_to_save=["pooler"])

@@ -138,6 +138,9 @@ class LoraStrategy(StrategyBase):
             "target_modules": self._targets(model),
             "bias": c.bias,
             "modules_to_save": list(c.modules_to_save or []) or None,
+            # GPT-2-style Conv1D layers store their weight transposed; saying so up front
+            # spares the user peft's per-layer warning (peft would correct it anyway).
+            "fan_in_fan_out": any(type(m).__name__ == "Conv1D" for m in model.modules()),
         }
 
     def peft_config(self, model: nn.Module) -> peft.PeftConfig:
