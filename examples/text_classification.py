@@ -30,16 +30,18 @@ def main() -> None:
         source = "generated sentiment data"
     print(f"data: {source}")
 
+    # Each with its own learning rate: AdaLoRA starts its singular values at zero and
+    # needs a higher one than LoRA to move within one epoch.
     strategies = {
-        "lora": petl.LoraConfig(r=8, alpha=16),
-        "adalora": petl.AdaLoraConfig(init_r=12, target_r=4, alpha=16, tinit=1, tfinal=1),
+        "lora": (petl.LoraConfig(r=8, alpha=16), 1e-3),
+        "adalora": (petl.AdaLoraConfig(init_r=12, target_r=4, alpha=16, tinit=1, tfinal=1), 5e-3),
     }
-    for name, strategy in strategies.items():
+    for name, (strategy, learning_rate) in strategies.items():
         torch.manual_seed(0)
         model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
         model = petl.wrap(model, strategy)
         config = petl.TrainConfig(
-            epochs=1, max_steps=5 if args.quick else None, batch_size=32, learning_rate=1e-3,
+            epochs=1, max_steps=5 if args.quick else None, batch_size=32, learning_rate=learning_rate,
             progress_bar=not args.quick,
         )
         result = petl.train(model, train_data, eval_data, tokenizer=tokenizer, task="sequence-classification",

@@ -27,7 +27,7 @@ def default_config() -> BenchConfig:
         strategies=(
             StrategySpec(name="full", learning_rate=1e-4),
             StrategySpec(name="lora", options={"r": 8}, learning_rate=2e-3),
-            StrategySpec(name="adalora", options={"init_r": 12, "target_r": 8}, learning_rate=2e-3),
+            StrategySpec(name="adalora", options={"init_r": 12, "target_r": 8}, learning_rate=1e-2),
             StrategySpec(name="prefix", options={"num_virtual_tokens": 16}, learning_rate=1e-2),
             StrategySpec(name="bottleneck", options={"variant": "pfeiffer", "reduction_factor": 16},
                          learning_rate=2e-3),
