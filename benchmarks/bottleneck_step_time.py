@@ -19,23 +19,20 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import datetime
 import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import peft
 import torch
 import transformers
 from torch import nn
 
 import petl
+from petl.bench.environment import collect_environment, environment_lines, load_average
 from petl.demo_models import minilm_path
+from petl.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -90,30 +87,6 @@ def step_function(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], float
     return step
 
 
-def environment() -> dict[str, object]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-        "petl": petl.__version__, "python": platform.python_version(), "commit": commit,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def write_markdown(result: dict, path: Path) -> None:
     s, e = result["setup"], result["environment"]
     lines = [
@@ -138,13 +111,15 @@ def write_markdown(result: dict, path: Path) -> None:
         f"Target: {t['variant']} at or below {t['max_ratio']:.2f}x the full fine-tuning step time; "
         f"measured {t['measured_ratio']:.3f}x ({'met' if t['met'] else 'missed'}).",
         "",
-        f"Environment: {e['cpu']}, {e['cpu_count']} CPUs, {e['torch_threads']} torch threads, load average "
-        f"at start {e['load_average_at_start']}, torch {e['torch']}, transformers {e['transformers']}, "
-        f"peft {e['peft']}, Python {e['python']}. Commit {e['commit'][:12]}, {e['date']}. The machine is "
-        "shared with other processes; interleaving spreads their load over all variants.",
+        f"Date {e['date']}. The machine may be shared with other processes; interleaving spreads their "
+        "load over all variants.",
+        "",
+        "## Environment",
+        "",
+        *environment_lines(e),
         "",
     ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines))
 
 
 def main() -> None:
@@ -172,7 +147,7 @@ def main() -> None:
     steps = {name: step_function(model) for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
-    env = environment()
+    env = collect_environment()
     for round_index in range(args.warmup + args.rounds):
         batch = batches[round_index % len(batches)]
         shift = round_index % len(names)
@@ -206,8 +181,9 @@ def main() -> None:
         "target": {"variant": TARGET[0], "max_ratio": TARGET[1], "measured_ratio": measured,
                    "met": measured <= TARGET[1]},
     }
+    env["load_average_end"] = load_average()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bottleneck_step_time.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(args.out / "bottleneck_step_time.json", json.dumps(result, indent=2) + "\n")
     write_markdown(result, args.out / "bottleneck_step_time.md")
     print((args.out / "bottleneck_step_time.md").read_text(encoding="utf-8"))
 

@@ -23,12 +23,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +35,8 @@ import transformers
 from torch import nn
 
 import petl
+from petl.bench.environment import collect_environment, environment_lines, load_average
+from petl.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -114,25 +112,6 @@ def step_function(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], tuple
     return step
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def write_markdown(result: dict, path: Path) -> None:
     s = result["setup"]
     lines = [
@@ -167,13 +146,15 @@ def write_markdown(result: dict, path: Path) -> None:
         "the step, which load from other processes disturbs less than wall-clock time. Full fine-tuning / "
         f"petl prefix (flat): {result['full_over_petl']:.2f} wall, {result['cpu_full_over_petl']:.2f} CPU.",
         "",
-        f"Environment: {e['cpu']}, {e['cpu_count']} CPUs, {e['torch_threads']} torch thread(s), "
-        f"torch {e['torch']}, transformers {e['transformers']}, peft {e['peft']}, Python {e['python']}. "
-        f"Commit {e['commit'][:12]}, {e['date']}. The machine is shared with other processes; "
-        "interleaving spreads their load over all variants.",
+        f"Date {e['date']}. The machine may be shared with other processes; interleaving spreads their "
+        "load over all variants.",
+        "",
+        "## Environment",
+        "",
+        *environment_lines(e),
         "",
     ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines))
 
 
 def main() -> None:
@@ -219,18 +200,7 @@ def main() -> None:
             "warmup": args.warmup,
             "steps": args.steps,
         },
-        "environment": {
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "petl": petl.__version__,
-            "python": platform.python_version(),
-            "commit": git_commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        },
+        "environment": collect_environment(),
         "variants": {},
     }
     for name, samples in times.items():
@@ -253,8 +223,9 @@ def main() -> None:
     result["full_over_petl"] = full["median_s"] / flat["median_s"]
     result["cpu_full_over_petl"] = full["cpu_median_s"] / flat["cpu_median_s"]
 
+    result["environment"]["load_average_end"] = load_average()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "prefix_step_time.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(args.out / "prefix_step_time.json", json.dumps(result, indent=2) + "\n")
     write_markdown(result, args.out / "prefix_step_time.md")
     print((args.out / "prefix_step_time.md").read_text(encoding="utf-8"))
 

@@ -102,7 +102,8 @@ def test_modules_to_save_takes_short_names_and_records_full_ones(strategy: str, 
 
 
 def test_modules_to_save_inside_a_listed_module_is_not_listed_twice() -> None:
-    model = petl.wrap(T.build("bert", "seq-cls"), "bottleneck", modules_to_save=["bert.pooler", "pooler.dense", "classifier"])
+    names = ["bert.pooler", "pooler.dense", "classifier"]
+    model = petl.wrap(T.build("bert", "seq-cls"), "bottleneck", modules_to_save=names)
     assert state_of(model).strategy.config.modules_to_save == ("bert.pooler", "classifier")
 
 

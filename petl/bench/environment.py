@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["collect_environment"]
+__all__ = ["collect_environment", "environment_lines", "load_average"]
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "petl", "bitsandbytes", "datasets")
 
@@ -83,3 +83,23 @@ def collect_environment() -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": bool(status) if status is not None else None,
     }
+
+
+def environment_lines(env: dict[str, Any]) -> list[str]:
+    """Markdown bullet lines describing a :func:`collect_environment` record (with
+    ``load_average_end`` added when the work is over), for result files."""
+    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
+    load = env.get("load_average")
+    lines = [
+        f"* Python {env.get('python')}; {versions}",
+        f"* CPU: {env.get('cpu')} ({env.get('cpus_available')} of {env.get('cpu_count')} logical CPUs available, "
+        f"{env.get('torch_threads')} torch threads); GPU: {env.get('gpu') or 'none'}",
+        f"* petl commit {env.get('git_commit') or 'unknown'}{' (with local changes)' if env.get('git_dirty') else ''}",
+    ]
+    if load:
+        shared = load[0] > 0.5 * (env.get("cpus_available") or 1)
+        lines.append(
+            f"* system load average (1/5/15 min) {load} at the start, {env.get('load_average_end')} at the end: "
+            "other processes shared the CPUs" if shared else f"* system load average (1/5/15 min) {load} at the start"
+        )
+    return lines

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from petl.bench.environment import environment_lines
 from petl.bench.results import BenchResult, StrategyResult
 
 __all__ = ["CSV_COLUMNS", "PLOTS", "format_table", "markdown", "write_reports"]
@@ -105,7 +106,6 @@ def format_table(result: BenchResult) -> str:
 def markdown(result: BenchResult) -> str:
     """``results.md``: the table, how it was measured, and where."""
     env, timing, data = result.environment, result.timing, result.data
-    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
     head = "| " + " | ".join(TABLE_HEADERS) + " |"
     rule = "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(TABLE_HEADERS))) + "|"
     body = ["| " + " | ".join(cells) + " |" for cells in table_rows(result)]
@@ -150,20 +150,7 @@ def markdown(result: BenchResult) -> str:
         rate = "trainer default" if row.learning_rate is None else f"{row.learning_rate:g}"
         lines.append(f"| {row.label} | {row.strategy} | {options} | {rate} | {row.mixed_precision} | "
                      f"{row.optimizer} | {'yes' if row.load_in_8bit else 'no'} | {row.global_steps or '-'} |")
-    load = env.get("load_average")
-    lines += [
-        "",
-        "## Environment",
-        "",
-        f"* Python {env.get('python')}; {versions}",
-        f"* CPU: {env.get('cpu')} ({env.get('cpus_available')} of {env.get('cpu_count')} logical CPUs available, "
-        f"{env.get('torch_threads')} torch threads); GPU: {env.get('gpu') or 'none'}",
-        f"* petl commit {env.get('git_commit') or 'unknown'}{' (with local changes)' if env.get('git_dirty') else ''}",
-        *([f"* system load average (1/5/15 min) {load} at the start, {env.get('load_average_end')} at the end: "
-           "other processes shared the CPUs" if load[0] > 0.5 * (env.get('cpus_available') or 1) else
-           f"* system load average (1/5/15 min) {load} at the start"] if load else []),
-        "",
-    ]
+    lines += ["", "## Environment", "", *environment_lines(env), ""]
     return "\n".join(lines)
 
 
