@@ -1,0 +1,46 @@
+"""The step-time scripts in benchmarks/ run end to end on a tiny budget and write
+their JSON and Markdown with the shared environment record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def _check_environment(result: dict, markdown: str) -> None:
+    env = result["environment"]
+    assert env["versions"]["torch"] and env["cpu_count"] >= 1 and "load_average_end" in env
+    assert "## Environment" in markdown and f"petl commit {env['git_commit'] or 'unknown'}" in markdown
+
+
+def test_prefix_step_time_script(tmp_path: Path) -> None:
+    _run("prefix_step_time.py", "--model", "llama-tiny", "--warmup", "1", "--steps", "2", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "prefix_step_time.json").read_text())
+    assert set(result["variants"]) == {"full fine-tuning", "petl prefix", "peft prefix"}
+    flat = result["variants"]["petl prefix"]
+    assert len(flat["samples_s"]) == 2 and flat["trainable"] == result["variants"]["peft prefix"]["trainable"]
+    assert flat["ratio_to_peft"] == pytest.approx(flat["median_s"] / result["variants"]["peft prefix"]["median_s"])
+    _check_environment(result, (tmp_path / "prefix_step_time.md").read_text())
+
+
+@pytest.mark.real_data
+def test_bottleneck_step_time_script(tmp_path: Path) -> None:
+    _run("bottleneck_step_time.py", "--batch-size", "4", "--max-length", "16", "--warmup", "1", "--rounds", "2",
+         "--threads", "1", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "bottleneck_step_time.json").read_text())
+    assert set(result["variants"]) >= {"full fine-tuning", "lora (r 8)", "pfeiffer (rf 16)"}
+    assert result["variants"]["full fine-tuning"]["ratio_to_full"] == 1.0
+    assert result["target"]["met"] == (result["target"]["measured_ratio"] <= 0.85)
+    _check_environment(result, (tmp_path / "bottleneck_step_time.md").read_text())
