@@ -30,7 +30,7 @@ import transformers
 from torch import nn
 
 import petl
-from petl.bench.environment import collect_environment, environment_lines, load_average
+from petl.bench.environment import collect_environment, environment_section, load_average
 from petl.demo_models import minilm_path
 from petl.io import atomic_write_text
 
@@ -114,10 +114,7 @@ def write_markdown(result: dict, path: Path) -> None:
         f"Date {e['date']}. The machine may be shared with other processes; interleaving spreads their "
         "load over all variants.",
         "",
-        "## Environment",
-        "",
-        *environment_lines(e),
-        "",
+        *environment_section(e),
     ]
     atomic_write_text(path, "\n".join(lines))
 

@@ -35,7 +35,7 @@ import transformers
 from torch import nn
 
 import petl
-from petl.bench.environment import collect_environment, environment_lines, load_average
+from petl.bench.environment import collect_environment, environment_section, load_average
 from petl.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,10 +149,7 @@ def write_markdown(result: dict, path: Path) -> None:
         f"Date {e['date']}. The machine may be shared with other processes; interleaving spreads their "
         "load over all variants.",
         "",
-        "## Environment",
-        "",
-        *environment_lines(e),
-        "",
+        *environment_section(e),
     ]
     atomic_write_text(path, "\n".join(lines))
 

@@ -81,8 +81,8 @@ def resolve_heads(model: nn.Module, requested: tuple[str, ...] | None) -> tuple[
         )
     # A module inside another one already listed is trained through its parent.
     heads = tuple(name for name in resolved if not any(name.startswith(other + ".") for other in resolved))
-    left_out = [name for name in find_task_heads(model) if heads and name not in heads]
-    if left_out:
+    left_out = [name for name in find_task_heads(model) if name not in heads]
+    if heads and left_out:
         warnings.warn(
             f"modules_to_save={list(requested)} leaves out the fresh task head {left_out}, which will keep "
             f"its random initial weights. Add it to modules_to_save to train it (pass "

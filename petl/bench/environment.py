@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["collect_environment", "environment_lines", "load_average"]
+__all__ = ["collect_environment", "environment_lines", "environment_section", "load_average"]
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "petl", "bitsandbytes", "datasets")
 
@@ -103,3 +103,9 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
             "other processes shared the CPUs" if shared else f"* system load average (1/5/15 min) {load} at the start"
         )
     return lines
+
+
+def environment_section(env: dict[str, Any]) -> list[str]:
+    """The ``## Environment`` section of a Markdown result file: heading, :func:`environment_lines`
+    and a closing blank line."""
+    return ["## Environment", "", *environment_lines(env), ""]

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from petl.bench.environment import environment_lines
+from petl.bench.environment import environment_section
 from petl.bench.results import BenchResult, StrategyResult
 
 __all__ = ["CSV_COLUMNS", "PLOTS", "format_table", "markdown", "write_reports"]
@@ -150,7 +150,7 @@ def markdown(result: BenchResult) -> str:
         rate = "trainer default" if row.learning_rate is None else f"{row.learning_rate:g}"
         lines.append(f"| {row.label} | {row.strategy} | {options} | {rate} | {row.mixed_precision} | "
                      f"{row.optimizer} | {'yes' if row.load_in_8bit else 'no'} | {row.global_steps or '-'} |")
-    lines += ["", "## Environment", "", *environment_lines(env), ""]
+    lines += ["", *environment_section(env)]
     return "\n".join(lines)
 
 
