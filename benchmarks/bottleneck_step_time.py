@@ -31,8 +31,8 @@ from torch import nn
 
 import petl
 from petl.bench.environment import collect_environment, environment_section, load_average
-from petl.demo_models import minilm_path
-from petl.io import atomic_write_text
+from petl.files import atomic_write_text
+from petl.modeling.demo import minilm_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

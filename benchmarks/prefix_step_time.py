@@ -36,7 +36,7 @@ from torch import nn
 
 import petl
 from petl.bench.environment import collect_environment, environment_section, load_average
-from petl.io import atomic_write_text
+from petl.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -45,7 +45,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 def load_model(name: str) -> tuple[nn.Module, str]:
     """The base model in fp32 with sdpa attention, and a description of it."""
     if name == "smollm2":
-        from petl.demo_models import SMOLLM2_GGUF, smollm2_path
+        from petl.modeling.demo import SMOLLM2_GGUF, smollm2_path
 
         model = transformers.AutoModelForCausalLM.from_pretrained(
             smollm2_path(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32, attn_implementation="sdpa"

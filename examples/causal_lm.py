@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 import petl
 from petl.bench.synthetic import make_splits, to_prompt_completion
-from petl.demo_models import SMOLLM2_GGUF, smollm2_path, smollm2_safetensors_path
+from petl.modeling.demo import SMOLLM2_GGUF, smollm2_path, smollm2_safetensors_path
 
 
 def prompt_data(train_size: int, eval_size: int) -> tuple[datasets.Dataset, datasets.Dataset]:

@@ -15,7 +15,7 @@ from _common import SHARED_DATA, parse_args
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 import petl
-from petl.demo_models import minilm_path
+from petl.modeling.demo import minilm_path
 
 TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 

@@ -13,7 +13,7 @@ from _common import parse_args, sentiment_splits
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import petl
-from petl.demo_models import minilm_path
+from petl.modeling.demo import minilm_path
 
 
 def load_base() -> torch.nn.Module:

@@ -15,8 +15,8 @@ from _common import SHARED_DATA, parse_args, sentiment_splits
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import petl
-from petl.demo_models import minilm_path
-from petl.wrapping import state_of
+from petl.core.wrapping import state_of
+from petl.modeling.demo import minilm_path
 
 
 def main() -> None:

@@ -4,14 +4,21 @@
     model = petl.wrap(model, "lora", r=8)
     print(petl.count_parameters(model))
     petl.save(model, "out/")
+
+Every public name is imported on first use (PEP 562), so ``import petl`` and the
+``petl`` command start without loading torch, transformers or peft.
 """
 
+from __future__ import annotations
+
+import importlib
 import logging as _logging
+from typing import TYPE_CHECKING, Any
 
 
 class _QuietOptionalKernel(_logging.Filter):
     """Drop bitsandbytes' notice that its optional 4-bit CPU kernel (fetched from a hub) is
-    missing: petl's 8-bit paths do not use it, and the notice would greet every ``import petl``."""
+    missing: petl's 8-bit paths do not use it, and the notice would greet every run."""
 
     def filter(self, record: _logging.LogRecord) -> bool:
         return "gemm_4bit_forward" not in record.getMessage()
@@ -19,20 +26,41 @@ class _QuietOptionalKernel(_logging.Filter):
 
 _logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_QuietOptionalKernel())
 
-from petl.config import StrategyConfig  # noqa: E402
-from petl.errors import PetlError  # noqa: E402
-from petl.io import load, save  # noqa: E402
-from petl.params import ParameterCount, count_parameters  # noqa: E402
-from petl.registry import available, register  # noqa: E402
-from petl.strategies.adalora import AdaLoraConfig  # noqa: E402
-from petl.strategies.bottleneck import BottleneckConfig  # noqa: E402
-from petl.strategies.lora import LoraConfig  # noqa: E402
-from petl.strategies.prefix import PrefixConfig  # noqa: E402
-from petl.strategy import Strategy, StrategyBase  # noqa: E402
-from petl.train import TrainConfig, TrainResult, train  # noqa: E402  (the function shadows the module name)
-from petl.wrapping import merge, unwrap, wrap  # noqa: E402
-
 __version__ = "0.1.0"
+
+_HOMES = {
+    "AdaLoraConfig": "petl.strategies.adalora",
+    "BottleneckConfig": "petl.strategies.bottleneck",
+    "LoraConfig": "petl.strategies.lora",
+    "PrefixConfig": "petl.strategies.prefix",
+    "ParameterCount": "petl.core.params",
+    "count_parameters": "petl.core.params",
+    "PetlError": "petl.errors",
+    "Strategy": "petl.core.strategy",
+    "StrategyBase": "petl.core.strategy",
+    "StrategyConfig": "petl.core.config",
+    "TrainConfig": "petl.training",
+    "TrainResult": "petl.training",
+    "train": "petl.training",
+    "available": "petl.core.registry",
+    "register": "petl.core.registry",
+    "load": "petl.core.io",
+    "save": "petl.core.io",
+    "merge": "petl.core.wrapping",
+    "unwrap": "petl.core.wrapping",
+    "wrap": "petl.core.wrapping",
+}
+"""Each public name and the module that defines it."""
+
+_SUBMODULES = {
+    "registry": "petl.core.registry",
+    "validators": "petl.core.validators",
+    **{name: f"petl.{name}" for name in (
+        "bench", "cli", "core", "data", "errors", "files", "metrics", "modeling", "strategies", "tasks", "training",
+    )},
+}
+"""Modules reachable as attributes: the subpackages, and ``petl.registry`` and
+``petl.validators`` (the registry and the config checks a plugin strategy uses)."""
 
 __all__ = [
     "AdaLoraConfig",
@@ -56,3 +84,33 @@ __all__ = [
     "unwrap",
     "wrap",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(_SUBMODULES[name])
+    else:
+        raise AttributeError(f"module 'petl' has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__, *_SUBMODULES])
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from petl.core.config import StrategyConfig
+    from petl.core.io import load, save
+    from petl.core.params import ParameterCount, count_parameters
+    from petl.core.registry import available, register
+    from petl.core.strategy import Strategy, StrategyBase
+    from petl.core.wrapping import merge, unwrap, wrap
+    from petl.errors import PetlError
+    from petl.strategies.adalora import AdaLoraConfig
+    from petl.strategies.bottleneck import BottleneckConfig
+    from petl.strategies.lora import LoraConfig
+    from petl.strategies.prefix import PrefixConfig
+    from petl.training import TrainConfig, TrainResult, train

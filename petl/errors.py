@@ -13,13 +13,21 @@ from collections.abc import Iterable
 __all__ = [
     "AlreadyWrappedError",
     "CheckpointError",
+    "ColumnNotFoundError",
     "ConfigError",
+    "ConfigFileError",
+    "DataError",
+    "DataFileError",
+    "DeviceError",
     "DuplicateStrategyError",
+    "LabelError",
     "NotMergeableError",
     "NotWrappedError",
     "PetlError",
     "TargetNotFoundError",
+    "UnknownFormatError",
     "UnknownStrategyError",
+    "UnknownTaskError",
     "UnsupportedModelError",
     "suggest",
 ]
@@ -63,6 +71,38 @@ class NotMergeableError(PetlError):
 
 class UnsupportedModelError(PetlError):
     """A model whose structure a strategy cannot handle."""
+
+
+class UnknownTaskError(ConfigError):
+    """A task name that is not one of :data:`petl.tasks.TASKS`."""
+
+
+class ConfigFileError(ConfigError):
+    """A benchmark config file that is missing, unreadable or not valid TOML / JSON."""
+
+
+class DeviceError(PetlError):
+    """A run that needs a device (a CUDA GPU) this machine does not have."""
+
+
+class DataError(PetlError, ValueError):
+    """Training or evaluation data petl cannot use."""
+
+
+class ColumnNotFoundError(DataError):
+    """A text, label or target column that the data set does not have."""
+
+
+class LabelError(DataError):
+    """A label outside ``label_names`` / ``num_labels``, or labels of an unusable type."""
+
+
+class DataFileError(DataError):
+    """A data file or folder that does not exist or cannot be parsed."""
+
+
+class UnknownFormatError(DataError):
+    """A file whose format (extension) petl does not read."""
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

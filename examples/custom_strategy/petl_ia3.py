@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 import petl
-from petl.config import check
+from petl.core.validators import check, check_state_dict, set_field, str_tuple
 from petl.errors import TargetNotFoundError
+from petl.modeling import linear_dims
 
 # Key and value projections across common families (feature scaling of attention, as in the paper).
 DEFAULT_TARGETS = ("k_proj", "v_proj", "key", "value", "k_lin", "v_lin", "k", "v", "c_attn", "query_key_value")
@@ -35,7 +36,7 @@ class IA3Config(petl.StrategyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        set_field(self, "target_modules", str_tuple("target_modules", self.target_modules))
         check(len(self.target_modules) > 0, "target_modules must name at least one module.")
 
 
@@ -49,11 +50,8 @@ class Scale(nn.Module):
 
 
 def _out_features(module: nn.Module) -> int | None:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if type(module).__name__ == "Conv1D":  # GPT-2 stores its weight as (d_in, d_out)
-        return module.weight.shape[1]
-    return None
+    dims = linear_dims(module)  # nn.Linear (and its 8-bit kinds) or GPT-2's transposed Conv1D
+    return dims[1] if dims is not None else None
 
 
 def _rescale(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -87,6 +85,8 @@ class IA3Strategy(petl.StrategyBase):
         return {f"{n}.{SCALE}.vector": model.get_submodule(n).get_submodule(SCALE).vector for n in self.names}
 
     def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        check_state_dict(self.adapter_state_dict(model), state_dict, source="The (IA)^3 vectors",
+                         fix="Load them onto a model wrapped with the same target_modules.")
         with torch.no_grad():
             for key, value in state_dict.items():
                 model.get_parameter(key).copy_(value)

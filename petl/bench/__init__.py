@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 # Imported on first use, so that building the `petl` command line (which imports
-# petl.bench.cli) stays fast: the harness pulls in datasets, transformers and friends.
+# petl.cli.bench) stays fast: the harness pulls in datasets, transformers and friends.
 _HOMES = {
     "BenchConfig": "petl.bench.config",
     "StrategySpec": "petl.bench.config",

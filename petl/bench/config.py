@@ -47,47 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petl.bench.spec import (
-    DEFAULT_METRIC,
-    DEVICES,
-    FULL,
-    SYNTHETIC,
-    TASKS,
-    DataSpec,
-    ModelSpec,
-    StrategySpec,
-    TimingSpec,
-    TrainSpec,
-    check_choice,
-    check_keys,
-)
-from petl.config import check
-from petl.data.errors import DataFileError
+from petl.bench.schema import DEVICES, DataSpec, ModelSpec, StrategySpec, TimingSpec, TrainSpec, check_keys
+from petl.core.validators import check, check_choice
 from petl.data.readers import SUFFIXES
-from petl.errors import ConfigError, PetlError, suggest
+from petl.errors import ConfigError, ConfigFileError, DataFileError, DeviceError, suggest
+from petl.tasks import DEFAULT_METRIC, TASKS
 
-__all__ = [
-    "FULL",
-    "SYNTHETIC",
-    "BenchConfig",
-    "ConfigFileError",
-    "DataSpec",
-    "DeviceError",
-    "ModelSpec",
-    "StrategySpec",
-    "TimingSpec",
-    "TrainSpec",
-    "check_runnable",
-    "load_config",
-]
-
-
-class DeviceError(PetlError):
-    """A benchmark that needs a device (a CUDA GPU) this machine does not have."""
-
-
-class ConfigFileError(ConfigError):
-    """A benchmark config file that is missing, unreadable or not valid TOML / JSON."""
+__all__ = ["BenchConfig", "check_runnable", "load_config"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,6 +44,10 @@ import torch
 from torch import nn
 
 from petl.errors import ConfigError, PetlError, suggest
+from petl.modeling.layers import linear_dims
+from petl.modeling.loading import task_of_config
+from petl.tasks import CLASSIFICATION_TASKS, auto_class_name, check_task
+from petl.training.config import OPTIMIZERS
 
 __all__ = [
     "PRECISIONS",
@@ -59,17 +63,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "int8")
-OPTIMIZERS = ("adamw", "adamw8bit")
 MATERIALIZE_LIMIT = 300_000_000
 """Largest model (in parameters) built for real when a strategy cannot wrap a meta model."""
-_AUTO = {
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "causal-lm": "AutoModelForCausalLM",
-    "seq2seq": "AutoModelForSeq2SeqLM",
-}
-
-
 def _llama(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int) -> Callable[[], Any]:
     def build() -> Any:
         from transformers import LlamaConfig
@@ -149,75 +144,55 @@ class EstimateReport:
 def resolve_model_config(source: str) -> tuple[Any, str]:
     """A transformers config for ``source`` and a description of where it came from.
 
-    ``source`` is a preset (:data:`PRESETS`), a demo name (``minilm``, ``smollm2``), a
-    folder with ``config.json``, a ``config.json`` file, or a Hub model name.
+    ``source`` is a preset (:data:`PRESETS`), or anything
+    :func:`petl.modeling.loading.load_model_config` reads: a demo name (``minilm``,
+    ``smollm2``), a folder with ``config.json``, a ``config.json`` file, or a Hub name.
 
     Raises:
         PetlError: Nothing can be loaded from ``source``.
     """
-    from transformers import AutoConfig
-
-    from petl import demo_models
+    from petl.modeling import demo
+    from petl.modeling.loading import load_model_config
 
     key = source.lower()
     if key in PRESETS:
         return PRESETS[key](), f"preset {key}"
+    if key in (demo.MINILM, demo.SMOLLM2):
+        return load_model_config(key), f"demo model {key}"
+    path = Path(source).expanduser()
     try:
-        if key == demo_models.MINILM:
-            return AutoConfig.from_pretrained(demo_models.minilm_path()), "demo model minilm"
-        if key == demo_models.SMOLLM2:
-            return AutoConfig.from_pretrained(demo_models.smollm2_path(), gguf_file=demo_models.SMOLLM2_GGUF), \
-                "demo model smollm2"
-        path = Path(source).expanduser()
-        if path.is_file() and path.suffix == ".json" or path.is_dir():
-            return AutoConfig.from_pretrained(str(path)), str(path)
-        return AutoConfig.from_pretrained(source), f"hub model {source}"
-    except (OSError, ValueError) as exc:
-        names = sorted(PRESETS) + [demo_models.MINILM, demo_models.SMOLLM2]
+        config = load_model_config(source)
+    except PetlError as exc:
+        names = sorted(PRESETS) + [demo.MINILM, demo.SMOLLM2]
         raise PetlError(
-            f"Cannot read a model config from {source!r}: {exc}.{suggest(key, names)} Pass a folder with "
-            f"config.json, a benchmark config (.toml/.json), a Hub name (online), or one of: {', '.join(names)}."
+            f"{exc}{suggest(key, names)} Or pass a benchmark config (.toml/.json), a Hub name (online), "
+            f"or one of: {', '.join(names)}."
         ) from exc
-
-
-def infer_task(config: Any) -> str:
-    """The task a config's model is most likely used for."""
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    architectures = getattr(config, "architectures", None) or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        return "causal-lm"
-    if not architectures:  # e.g. a config read from a GGUF file: decoder-only families have no masked-LM head
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
-
-        if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
-            return "causal-lm"
-    return "sequence-classification"
+    return config, str(path) if path.exists() else f"hub model {source}"
 
 
 def _build(config: Any, task: str, device: str) -> nn.Module:
     import transformers
 
-    auto = getattr(transformers, _AUTO[task])
+    auto = getattr(transformers, auto_class_name(task))
     with torch.device(device):
         return auto.from_config(config)
 
 
 def _quantized_weights(model: nn.Module) -> dict[int, int]:
     """``id(weight) -> output rows`` of the linear layers 8-bit loading quantizes
-    (the same choice as ``petl.cli.load_model``: task heads and output embeddings stay)."""
+    (the choice of :func:`petl.modeling.loading.load_model`: :func:`int8_skip_modules` stay)."""
     from transformers.pytorch_utils import Conv1D
-    from transformers.quantizers.base import get_keys_to_not_convert
     from transformers.quantizers.quantizers_utils import should_convert_module
 
-    from petl.heads import find_task_heads
+    from petl.modeling.loading import int8_skip_modules
 
-    keep = sorted(set(find_task_heads(model)) | set(get_keys_to_not_convert(model)))
+    keep = int8_skip_modules(model)
     out = {}
     for name, module in model.named_modules():
+        # bitsandbytes replaces exact nn.Linear and Conv1D layers (not other subclasses of nn.Linear)
         if (isinstance(module, Conv1D) or type(module) is nn.Linear) and should_convert_module(name, keep):
-            rows = module.weight.shape[1] if isinstance(module, Conv1D) else module.weight.shape[0]
-            out[id(module.weight)] = rows
+            out[id(module.weight)] = linear_dims(module)[1]
     return out
 
 
@@ -247,17 +222,18 @@ def memory_estimate(model: nn.Module, quantized: dict[int, int], *, precision: s
 
 def _wrap_and_measure(config: Any, task: str, name: str, options: dict[str, Any], device: str,
                       precisions: Sequence[str], optimizer: str) -> tuple[int, int, list[MemoryEstimate]]:
-    import petl
+    from petl.core.params import count_parameters
+    from petl.core.wrapping import wrap
 
     model = _build(config, task, device)
     quantized = _quantized_weights(model)
     if name != "full":
         if device == "meta":
             with torch.device("meta"):  # the adapter's own tensors take no memory either
-                petl.wrap(model, name, **options)
+                wrap(model, name, **options)
         else:
-            petl.wrap(model, name, **options)
-    count = petl.count_parameters(model)
+            wrap(model, name, **options)
+    count = count_parameters(model)
     memory = [memory_estimate(model, quantized, precision=p, optimizer=optimizer, full=name == "full")
               for p in precisions]
     return count.trainable, count.total, memory
@@ -279,7 +255,7 @@ def estimate(
         source: See :func:`resolve_model_config`.
         strategies: ``(label, name, options)`` triples; ``name`` ``"full"`` is full
             fine-tuning. ``None``: full and every registered strategy with its defaults.
-        task: The model's head (see :data:`_AUTO`); inferred from the config when ``None``.
+        task: The model's head (one of :data:`petl.tasks.TASKS`); inferred from the config when ``None``.
         num_labels: Classes of a classification head.
         precisions: Base precisions to estimate (of :data:`PRECISIONS`).
         optimizer: ``"adamw"`` or ``"adamw8bit"``.
@@ -299,17 +275,15 @@ def estimate(
         raise ConfigError(f"Unknown optimizer {optimizer!r}.{suggest(optimizer, OPTIMIZERS)} "
                           f"Choose from {', '.join(OPTIMIZERS)}.")
     config, description = resolve_model_config(source)
-    task = task or infer_task(config)
-    if task not in _AUTO:
-        raise ConfigError(f"Unknown task {task!r}.{suggest(task, list(_AUTO))} Choose from {', '.join(_AUTO)}.")
-    if task in ("sequence-classification", "token-classification"):
+    task = check_task(task or task_of_config(config))
+    if task in CLASSIFICATION_TASKS:
         config.num_labels = num_labels
     if strategies is None:
         strategies = [("full", "full", {})] + [(n, n, {}) for n in petl.available()]
     rows = []
     for label, name, options in strategies:
         if name != "full":
-            petl.registry.get(name).config_class.from_dict(options)  # bad names/options fail before any work
+            petl.core.registry.get(name).config_class.from_dict(options)  # bad names/options fail before any work
         row = StrategyEstimate(label=label, strategy=name, options=dict(options))
         try:
             row.trainable, row.total, row.memory = _wrap_and_measure(

@@ -2,6 +2,7 @@
 
 Every row of a benchmark, and every seed, starts from the same pretrained weights
 and the same tokenised data; only the task head's initialisation follows the seed.
+Models and tokenizers are found by name through :mod:`petl.modeling.loading`.
 """
 
 from __future__ import annotations
@@ -11,45 +12,19 @@ from typing import Any
 
 from torch import nn
 
-from petl.bench.config import BenchConfig, StrategySpec
-from petl.errors import PetlError
+from petl.bench.config import BenchConfig
+from petl.bench.schema import StrategySpec
 
-__all__ = ["build_row_model", "load_data", "load_tokenizer", "model_source"]
+__all__ = ["build_row_model", "load_data", "load_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
 
-def model_source(config: BenchConfig) -> tuple[str, dict[str, Any]]:
-    """The folder (or Hub name) of the config's model and its extra ``from_pretrained`` options."""
-    from petl import demo_models
-
-    spec = config.model
-    if spec.name == demo_models.MINILM:
-        return str(demo_models.minilm_path()), {}
-    if spec.name == demo_models.SMOLLM2:
-        return str(demo_models.smollm2_path()), {"gguf_file": demo_models.SMOLLM2_GGUF}
-    return spec.name, {}
-
-
 def load_tokenizer(config: BenchConfig) -> Any:
-    """The model's tokenizer, with a padding token (decoder-only models often lack one).
+    """The tokenizer of the config's model (see :func:`petl.modeling.loading.load_tokenizer`)."""
+    from petl.modeling.loading import load_tokenizer as load
 
-    Raises:
-        PetlError: No tokenizer can be loaded from the model's folder or name.
-    """
-    from transformers import AutoTokenizer
-
-    source, options = model_source(config)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **options)
-    except (OSError, ValueError) as exc:
-        raise PetlError(
-            f"Cannot load a tokenizer for the model {config.model.name!r} ({source}): {exc}. "
-            "Set [model] name to a local model folder, or to 'minilm' / 'smollm2'."
-        ) from exc
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return load(config.model.name)
 
 
 def _synthetic_dataset(config: BenchConfig) -> tuple[Any, Any]:
@@ -104,8 +79,8 @@ def build_row_model(config: BenchConfig, row: StrategySpec, data: Any, tokenizer
     import torch
     from transformers import logging as hf_logging
 
-    import petl
-    from petl.cli import load_model
+    from petl.core.wrapping import wrap
+    from petl.modeling.loading import load_model
 
     torch.manual_seed(seed)
     verbosity = hf_logging.get_verbosity()
@@ -118,6 +93,5 @@ def build_row_model(config: BenchConfig, row: StrategySpec, data: Any, tokenizer
     finally:
         hf_logging.set_verbosity(verbosity)
     if not row.is_full:
-        petl.wrap(model, row.strategy_config())
+        wrap(model, row.strategy_config())
     return model
-

@@ -21,6 +21,7 @@ from typing import Any
 
 from petl.bench.environment import environment_section
 from petl.bench.results import BenchResult, StrategyResult
+from petl.files import atomic_write_text
 
 __all__ = ["CSV_COLUMNS", "PLOTS", "format_table", "markdown", "write_reports"]
 
@@ -171,12 +172,6 @@ def csv_text(result: BenchResult) -> str:
     return buffer.getvalue()
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_reports(result: BenchResult, folder: str | os.PathLike[str], *, plots: bool = True) -> list[Path]:
     """Write results.json, results.csv, results.md and (with ``plots``) the PNG plots.
 
@@ -191,7 +186,7 @@ def write_reports(result: BenchResult, folder: str | os.PathLike[str], *, plots:
         ("results.csv", csv_text(result)),
         ("results.md", markdown(result)),
     ):
-        _write_text(folder / name, text)
+        atomic_write_text(folder / name, text)
         written.append(folder / name)
     if plots:
         written += write_plots(result, folder)

@@ -3,11 +3,9 @@
 All rows are loaded into one process and trained round-robin on the same fixed
 batches: in round ``k`` each row takes one full optimizer step on batch
 ``k mod B``, starting from a rotated position so no row always goes first. A step is
-
-    forward -> task loss (+ the strategy's regulariser) -> backward
-    -> clip the gradient norm to 1 -> optimizer step -> strategy.on_step_end -> zero_grad
-
-as in :func:`petl.train`, timed with ``time.perf_counter`` (after
+the trainer's own (:class:`petl.training.step.StepRunner`: the same loss, regulariser,
+optimizer with its weight-decay groups, default learning rate, precision and
+gradient clipping as :func:`petl.train`), timed with ``time.perf_counter`` (after
 ``torch.cuda.synchronize`` on a GPU). The first ``warmup_steps`` rounds are not
 timed; the reported step time is the median of the timed rounds, and
 
@@ -19,7 +17,6 @@ them alike, and the ratios between rows stay meaningful on a busy machine.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import statistics
 import time
@@ -30,27 +27,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from petl.bench.config import BenchConfig, StrategySpec
-from petl.wrapping import is_wrapped, state_of
+from petl.bench.config import BenchConfig
+from petl.bench.schema import StrategySpec
+from petl.training.config import TrainConfig
+from petl.training.step import StepRunner
 
-__all__ = ["Subject", "fixed_batches", "time_rows"]
+__all__ = ["Subject", "fixed_batches", "make_subject", "time_rows"]
 
 logger = logging.getLogger(__name__)
-
-MAX_GRAD_NORM = 1.0
 
 
 @dataclass
 class Subject:
-    """One row's model and optimizer in the timing loop."""
+    """One row's model and its step runner in the timing loop."""
 
     row: StrategySpec
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    autocast: Any
-    strategy: Any
+    runner: StepRunner
     times: list[float] = field(default_factory=list)
-    step: int = 0
+
+    @property
+    def model(self) -> nn.Module:
+        return self.runner.model
 
 
 def fixed_batches(
@@ -67,54 +64,23 @@ def fixed_batches(
     return batches
 
 
-def _optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(params, lr=lr)
-    return torch.optim.AdamW(params, lr=lr)
-
-
-def _autocast(device: torch.device, mixed_precision: str) -> Any:
-    if mixed_precision == "no":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def make_subject(config: BenchConfig, row: StrategySpec, model: nn.Module, device: torch.device, steps: int) -> Subject:
-    """Prepare one row's model for timed steps (on ``device``, in train mode, with its optimizer)."""
+    """Prepare one row's model for timed steps: on ``device``, in train mode, with the
+    trainer's optimizer, precision and gradient clipping for this row."""
     settings = config.resolved(row)
     if not settings["load_in_8bit"]:
         model.to(device)
     model.train()
-    lr = settings["learning_rate"] or (5e-5 if row.is_full else 1e-3)
-    strategy = state_of(model).strategy if is_wrapped(model) else None
-    if strategy is not None:
-        strategy.on_train_begin(model, steps)
-    return Subject(row, model, _optimizer(model, settings["optimizer"], lr),
-                   _autocast(device, settings["mixed_precision"]), strategy)
+    train_config = TrainConfig(learning_rate=settings["learning_rate"], optimizer=settings["optimizer"],
+                               mixed_precision=settings["mixed_precision"])
+    return Subject(row, StepRunner(model, train_config, total_steps=steps, device=device))
 
 
-def _step(subject: Subject, batch: dict[str, torch.Tensor], cuda: bool) -> float:
-    model = subject.model
+def _timed_step(subject: Subject, batch: dict[str, torch.Tensor], cuda: bool) -> float:
     if cuda:
         torch.cuda.synchronize()
     started = time.perf_counter()
-    with subject.autocast():
-        loss = model(**batch).loss
-        if subject.strategy is not None:
-            extra = subject.strategy.regularization_loss(model)
-            if extra is not None:
-                loss = loss + extra
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], MAX_GRAD_NORM)
-    subject.optimizer.step()
-    subject.step += 1
-    if subject.strategy is not None:
-        subject.strategy.on_step_end(model, subject.step)
-    subject.optimizer.zero_grad(set_to_none=True)
+    subject.runner(batch)
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - started
@@ -142,7 +108,7 @@ def time_rows(subjects: list[Subject], batches: list[dict[str, torch.Tensor]], *
                          disable=not progress):
         batch = batches[k % len(batches)]
         for subject in order:
-            elapsed = _step(subject, batch, cuda)
+            elapsed = _timed_step(subject, batch, cuda)
             if k >= warmup:
                 subject.times.append(elapsed)
     return {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 import traceback
@@ -27,11 +26,11 @@ logger = logging.getLogger("petl.bench.worker")
 def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    import petl
     from petl.bench.config import BenchConfig
     from petl.bench.loading import build_row_model, load_data, load_tokenizer
     from petl.bench.measure import cuda_memory_mib, peak_rss_mib, saved_size
-    from petl.train import TrainConfig, train
+    from petl.core.params import count_parameters
+    from petl.training import TrainConfig, train
 
     started = time.perf_counter()
     config = BenchConfig.from_dict(job["config"])
@@ -53,7 +52,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     else:
         out["memory_after_load_mib"] = peak_rss_mib()
-    count = petl.count_parameters(model)
+    count = count_parameters(model)
     train_config = TrainConfig(
         epochs=config.train.epochs, max_steps=config.train.max_steps, batch_size=config.train.batch_size,
         learning_rate=settings["learning_rate"], mixed_precision=settings["mixed_precision"],
@@ -133,18 +132,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"Unknown worker mode {job['mode']!r}.")
 
 
-def _write(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the worker process; returns 0 on success, 1 when the job failed."""
     args = sys.argv[1:] if argv is None else argv
     job_path, result_path = Path(args[0]), Path(args[1])
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
+
+    from petl.files import atomic_write_json
 
     hf_logging.disable_progress_bar()  # per-file loading bars would bury the training bar
     job = json.loads(job_path.read_text(encoding="utf-8"))
@@ -156,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         message = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, PetlError):
             message += "\n" + traceback.format_exc(limit=8)
-        _write(result_path, {"error": message})
+        atomic_write_json(result_path, {"error": message})
         return 1
-    _write(result_path, result)
+    atomic_write_json(result_path, result)
     return 0
 
 

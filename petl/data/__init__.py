@@ -25,19 +25,20 @@ from typing import Any
 import datasets
 import torch
 
-from petl.data import tasks as _tasks
-from petl.data.collate import IGNORE_INDEX, Collator, TokenizedDataset, pad_id
+from petl.data import tokenize as _tokenize
+from petl.data.collate import Collator, TokenizedDataset, pad_id
 from petl.data.columns import Labels, class_names, encode_labels, find_column, pick_column, text_values
-from petl.data.errors import (
+from petl.data.readers import read_conll, read_dataset
+from petl.errors import (
     ColumnNotFoundError,
+    ConfigError,
     DataError,
     DataFileError,
     LabelError,
     UnknownFormatError,
     UnknownTaskError,
 )
-from petl.data.readers import read_conll, read_dataset
-from petl.errors import ConfigError, suggest
+from petl.tasks import IGNORE_INDEX, TASKS, check_task
 
 __all__ = [
     "IGNORE_INDEX",
@@ -58,9 +59,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-TASKS = ("sequence-classification", "token-classification", "causal-lm", "seq2seq")
-"""The tasks :func:`load_task_data` prepares data for."""
 
 # Default column names per role, tried in order.
 _TEXT = ("sentence", "text", "content", "review", "document")
@@ -96,19 +94,6 @@ class TaskData:
 
 _Splits = dict[str, datasets.Dataset]
 _Examples = dict[str, list[dict[str, Any]]]
-
-
-def check_task(task: str) -> str:
-    """Return ``task`` if it is one of :data:`TASKS`.
-
-    Raises:
-        UnknownTaskError: It is not; the message suggests the nearest task.
-    """
-    if task not in TASKS:
-        raise UnknownTaskError(
-            f"Unknown task {task!r}.{suggest(task, TASKS)} Choose one of {', '.join(TASKS)} (--task / task=)."
-        )
-    return task
 
 
 def load_task_data(
@@ -249,7 +234,7 @@ def _sequence_classification(
         nested=False,
     )
     examples = {
-        n: _tasks.sequence_classification(
+        n: _tokenize.sequence_classification(
             tokenizer,
             text_values(d, text, split=n),
             text_values(d, pair_column, split=n) if pair_column else None,
@@ -280,7 +265,7 @@ def _token_classification(
     values = {n: _word_lists(d, tags, split=n) for n, d in splits.items()}
     ids, labels = encode_labels(values, column=tags, label_names=names, num_labels=num_labels, nested=True)
     examples = {
-        n: _tasks.token_classification(
+        n: _tokenize.token_classification(
             tokenizer, _word_lists(d, words, split=n), ids[n], max_length=max_length, desc=f"Tokenising {n} data"
         )
         for n, d in splits.items()
@@ -314,7 +299,7 @@ def _causal_lm(
         prompt = _columns(splits, text_column, _PROMPT, role="prompt", option="text_column")
         text = target
     examples = {
-        n: _tasks.causal_lm(
+        n: _tokenize.causal_lm(
             tokenizer,
             text_values(d, prompt, split=n) if prompt is not None else None,
             text_values(d, text, split=n),
@@ -337,7 +322,7 @@ def _seq2seq(
             "and --target-column / target_column=."
         )
     examples = {
-        n: _tasks.seq2seq(
+        n: _tokenize.seq2seq(
             tokenizer,
             text_values(d, source, split=n),
             text_values(d, target, split=n),

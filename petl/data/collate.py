@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "Collator", "TokenizedDataset", "pad_id"]
+from petl.tasks import IGNORE_INDEX
+
+__all__ = ["Collator", "TokenizedDataset", "pad_id"]
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-"""The label value that the loss of every Hugging Face model ignores."""
 
 
 class TokenizedDataset(torch.utils.data.Dataset):

@@ -12,8 +12,7 @@ from typing import Any
 
 import datasets
 
-from petl.data.errors import ColumnNotFoundError, DataError, LabelError
-from petl.errors import ConfigError, suggest
+from petl.errors import ColumnNotFoundError, ConfigError, DataError, LabelError, suggest
 
 __all__ = ["Labels", "class_names", "encode_labels", "find_column", "pick_column", "text_values"]
 

@@ -19,8 +19,7 @@ from typing import Any
 
 import datasets
 
-from petl.data.errors import DataFileError, UnknownFormatError
-from petl.errors import suggest
+from petl.errors import DataFileError, UnknownFormatError, suggest
 
 __all__ = ["CONLL_SUFFIXES", "SUFFIXES", "read_conll", "read_dataset"]
 

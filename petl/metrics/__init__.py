@@ -23,6 +23,7 @@ from petl.errors import ConfigError, suggest
 from petl.metrics.classification import accuracy, f1_score
 from petl.metrics.evaluators import ClassificationEvaluator, NoMetricsEvaluator, TokenClassificationEvaluator
 from petl.metrics.ner import entities, entity_scores
+from petl.tasks import check_task
 
 __all__ = [
     "EVALUATE_MODULES",
@@ -63,7 +64,7 @@ def evaluator_for(task: str, label_names: Sequence[str] | None = None) -> TaskEv
     """The evaluator of ``task``.
 
     Args:
-        task: One of :data:`petl.data.TASKS`.
+        task: One of :data:`petl.tasks.TASKS`.
         label_names: The tag of each label id; needed for token classification.
 
     Returns:
@@ -75,8 +76,6 @@ def evaluator_for(task: str, label_names: Sequence[str] | None = None) -> TaskEv
         UnknownTaskError: Unknown task.
         ConfigError: Token classification without ``label_names``.
     """
-    from petl.data import check_task  # lazy: petl.data imports datasets
-
     check_task(task)
     if task == "sequence-classification":
         return ClassificationEvaluator()

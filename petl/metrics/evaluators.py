@@ -14,12 +14,11 @@ import torch
 
 from petl.metrics.classification import accuracy, f1_score
 from petl.metrics.ner import entity_scores
+from petl.tasks import IGNORE_INDEX
 
 __all__ = ["ClassificationEvaluator", "NoMetricsEvaluator", "TokenClassificationEvaluator"]
 
 logger = logging.getLogger(__name__)
-
-_IGNORE = -100
 
 
 class ClassificationEvaluator:
@@ -33,7 +32,7 @@ class ClassificationEvaluator:
         """Store the predicted and true class of each example with a label other than -100."""
         predictions = logits.detach().argmax(dim=-1).reshape(-1).cpu()
         labels = labels.detach().reshape(-1).cpu()
-        keep = labels != _IGNORE
+        keep = labels != IGNORE_INDEX
         self._predictions += predictions[keep].tolist()
         self._references += labels[keep].tolist()
 
@@ -64,7 +63,7 @@ class TokenClassificationEvaluator:
         labels = labels.detach().cpu()
         names = self.label_names
         for row_predictions, row_labels in zip(predictions, labels, strict=True):
-            keep = row_labels != _IGNORE
+            keep = row_labels != IGNORE_INDEX
             self._predictions.append([names[i] for i in row_predictions[keep].tolist()])
             self._references.append([names[i] for i in row_labels[keep].tolist()])
 

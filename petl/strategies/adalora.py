@@ -31,9 +31,10 @@ import peft
 import torch
 from torch import nn
 
-from petl.config import StrategyConfig, check
+from petl.core.config import StrategyConfig
+from petl.core.registry import register
+from petl.core.validators import check, check_non_negative_int, check_number, check_positive_int
 from petl.errors import ConfigError
-from petl.registry import register
 from petl.strategies.lora import ADAPTER_NAME, LoraConfig, LoraStrategy
 
 __all__ = ["AdaLoraConfig", "AdaLoraStrategy"]
@@ -65,20 +66,15 @@ class AdaLoraConfig(LoraConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(
-            isinstance(self.init_r, int) and self.init_r > 0, f"init_r must be a positive integer, got {self.init_r!r}."
-        )
+        check_positive_int("init_r", self.init_r)
         check(
             isinstance(self.target_r, int) and 0 < self.target_r <= self.init_r,
             f"target_r must be an integer in [1, init_r={self.init_r}], got {self.target_r!r}.",
         )
-        for name in ("tinit", "tfinal"):
-            value = getattr(self, name)
-            check(isinstance(value, int) and value >= 0, f"{name} must be a non-negative integer, got {value!r}.")
-        check(
-            isinstance(self.deltaT, int) and self.deltaT > 0, f"deltaT must be a positive integer, got {self.deltaT!r}."
-        )
-        check(self.orth_reg_weight >= 0, f"orth_reg_weight must be >= 0, got {self.orth_reg_weight!r}.")
+        check_non_negative_int("tinit", self.tinit)
+        check_non_negative_int("tfinal", self.tfinal)
+        check_positive_int("deltaT", self.deltaT)
+        check_number("orth_reg_weight", self.orth_reg_weight, low=0)
         if self.total_step is not None:
             check_schedule(self.total_step, self.tinit, self.tfinal)
 
@@ -91,7 +87,7 @@ def _plain_pattern(pattern: dict[str, Any] | None) -> dict[str, list[bool]] | No
 
 def check_schedule(total_step: int, tinit: int, tfinal: int) -> None:
     """Raise a :class:`ConfigError` unless the schedule leaves steps for budget allocation."""
-    check(isinstance(total_step, int) and total_step > 0, f"total_step must be a positive integer, got {total_step!r}.")
+    check_positive_int("total_step", total_step)
     check(
         tinit < total_step - tfinal,
         f"AdaLoRA needs steps to allocate its budget: tinit ({tinit}) must be below "

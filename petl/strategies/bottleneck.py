@@ -26,7 +26,7 @@ papers' plain residual) and 4 for ``parallel`` (He et al.'s best setting) unless
 Placement
 ---------
 petl hooks the *output projection* of each sub-layer (``attention.output.dense``,
-``o_proj``, ``c_proj``, ``wo``, ``fc2``; see :mod:`petl.architectures`) with a forward
+``o_proj``, ``c_proj``, ``wo``, ``fc2``; see :mod:`petl.modeling.blocks`) with a forward
 hook that returns the adapted output, so no model class is swapped and no model code
 is copied. In a post-LN model such as BERT that projection is followed, inside
 ``BertSelfOutput`` / ``BertOutput``, by dropout, the residual connection and LayerNorm:
@@ -59,11 +59,21 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from petl.architectures import BlockInfo, find_blocks, linear_dims, parse_module_paths
-from petl.config import StrategyConfig, _set, check
-from petl.errors import AlreadyWrappedError, CheckpointError, ConfigError, UnsupportedModelError, suggest
-from petl.registry import register
-from petl.strategy import StrategyBase
+from petl.core.config import StrategyConfig
+from petl.core.registry import register
+from petl.core.strategy import StrategyBase
+from petl.core.validators import (
+    check,
+    check_bool,
+    check_choice,
+    check_number,
+    check_positive_int,
+    check_state_dict,
+    int_tuple,
+    set_field,
+)
+from petl.errors import AlreadyWrappedError, ConfigError, UnsupportedModelError
+from petl.modeling import BlockInfo, find_blocks, linear_dims, parse_module_paths
 
 __all__ = ["ADAPTER_NAME", "BottleneckAdapter", "BottleneckConfig", "BottleneckStrategy"]
 
@@ -120,56 +130,28 @@ class BottleneckConfig(StrategyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(
-            self.variant in VARIANTS,
-            f"Unknown bottleneck variant {self.variant!r}.{suggest(str(self.variant), VARIANTS)} "
-            f"Choose one of: {', '.join(VARIANTS)}.",
-        )
+        check_choice("variant", self.variant, VARIANTS)
         if self.reduction_factor is not None and self.bottleneck_size is not None:
             raise ConfigError(
                 f"Got reduction_factor={self.reduction_factor!r} and bottleneck_size={self.bottleneck_size!r}; "
                 "they both set the bottleneck width, so pass one, not both."
             )
-        if self.reduction_factor is not None:
-            check(
-                isinstance(self.reduction_factor, (int, float)) and not isinstance(self.reduction_factor, bool)
-                and self.reduction_factor > 0,
-                "reduction_factor must be a positive number (m = d // reduction_factor), "
-                f"got {self.reduction_factor!r}.",
-            )
-        if self.bottleneck_size is not None:
-            check(
-                isinstance(self.bottleneck_size, int) and not isinstance(self.bottleneck_size, bool)
-                and self.bottleneck_size > 0,
-                f"bottleneck_size must be a positive integer, got {self.bottleneck_size!r}.",
-            )
-        check(
-            self.non_linearity in _ACTIVATIONS,
-            f"Unknown non_linearity {self.non_linearity!r}.{suggest(str(self.non_linearity), _ACTIVATIONS)} "
-            f"Choose one of: {', '.join(_ACTIVATIONS)}.",
-        )
-        if self.scaling is not None:
-            check(
-                isinstance(self.scaling, (int, float)) and not isinstance(self.scaling, bool),
-                f"scaling must be a number, got {self.scaling!r}.",
-            )
-        check(
-            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
-            f"dropout must be in [0, 1), got {self.dropout!r}.",
-        )
+        check_number("reduction_factor", self.reduction_factor, low=0, low_open=True, allow_none=True)
+        check_positive_int("bottleneck_size", self.bottleneck_size, allow_none=True)
+        check_choice("non_linearity", self.non_linearity, tuple(_ACTIVATIONS))
+        check_number("scaling", self.scaling, allow_none=True)
+        check_number("dropout", self.dropout, low=0, high=1)
         if self.layers is not None:
-            _set(self, "layers", _int_tuple(self.layers))
-        check(
-            isinstance(self.cross_attention, bool),
-            f"cross_attention must be True or False, got {self.cross_attention!r}.",
-        )
+            set_field(self, "layers", int_tuple("layers", self.layers, what="block indices"))
+        check_bool("cross_attention", self.cross_attention)
         check(
             not (self.cross_attention and self.variant == "parallel"),
             "cross_attention=True adds sequential adapters; use it with variant='houlsby' or 'pfeiffer'.",
         )
         if self.module_paths is not None:
             stacks = parse_module_paths(self.module_paths)
-            _set(self, "module_paths", tuple({k: v for k, v in vars(s).items() if v is not None} for s in stacks))
+            set_field(self, "module_paths",
+                      tuple({k: v for k, v in vars(s).items() if v is not None} for s in stacks))
 
     @property
     def effective_scaling(self) -> float:
@@ -192,19 +174,6 @@ class BottleneckConfig(StrategyConfig):
                 f"bottleneck of width 0. Use a reduction_factor of at most {hidden_size}, or pass bottleneck_size."
             )
         return width
-
-
-def _int_tuple(value: Any) -> tuple[int, ...]:
-    items = (value,) if isinstance(value, int) else value
-    try:
-        items = tuple(items)
-    except TypeError:
-        raise ConfigError(f"layers must be a list of block indices, got {value!r}.") from None
-    if not items or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
-        raise ConfigError(f"layers must be a non-empty list of block indices (integers >= 0), got {value!r}.")
-    if len(set(items)) != len(items):
-        raise ConfigError(f"layers lists a block twice: {value!r}.")
-    return items
 
 
 class BottleneckAdapter(nn.Module):
@@ -427,15 +396,8 @@ class BottleneckStrategy(StrategyBase):
 
     def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         expected = self.adapter_state_dict(model)
-        missing = sorted(set(expected) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(expected))
-        shapes = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-        if missing or unexpected or shapes:
-            raise CheckpointError(
-                f"The bottleneck adapter tensors do not fit this model: missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}, shape mismatches {shapes[:3]}. "
-                "Load them onto a model wrapped with the same options."
-            )
+        check_state_dict(expected, state_dict, source="The bottleneck adapter tensors",
+                         fix="Load them onto a model wrapped with the same options.")
         with torch.no_grad():
             for key, param in expected.items():
                 param.copy_(state_dict[key])

@@ -26,10 +26,12 @@ import torch
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
-from petl.config import StrategyConfig, _set, _str_tuple, check
+from petl.core.config import StrategyConfig
+from petl.core.registry import register
+from petl.core.strategy import StrategyBase
+from petl.core.validators import check, check_choice, check_number, check_positive_int, set_field, str_tuple
 from petl.errors import PetlError, TargetNotFoundError
-from petl.registry import register
-from petl.strategy import StrategyBase
+from petl.modeling.layers import linear_layer_names
 
 __all__ = ["LoraConfig", "LoraStrategy"]
 
@@ -68,33 +70,14 @@ class LoraConfig(StrategyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(isinstance(self.r, int) and self.r > 0, f"r must be a positive integer, got {self.r!r}.")
-        check(
-            isinstance(self.alpha, (int, float)) and self.alpha > 0,
-            f"alpha must be a positive number, got {self.alpha!r}.",
-        )
-        check(
-            isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
-            f"dropout must be in [0, 1), got {self.dropout!r}.",
-        )
-        check(
-            self.bias in ("none", "all", "lora_only"), f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}."
-        )
+        check_positive_int("r", self.r)
+        check_number("alpha", self.alpha, low=0, low_open=True)
+        check_number("dropout", self.dropout, low=0, high=1)
+        check_choice("bias", self.bias, ("none", "all", "lora_only"))
         if self.target_modules is not None and not isinstance(self.target_modules, str):
-            _set(self, "target_modules", _str_tuple("target_modules", self.target_modules))
+            set_field(self, "target_modules", str_tuple("target_modules", self.target_modules))
         if isinstance(self.target_modules, tuple):
             check(len(self.target_modules) > 0, "target_modules must not be empty; pass None for the defaults.")
-
-
-def _module_names_hint(model: nn.Module, limit: int = 12) -> str:
-    """A few distinct linear-layer names of ``model``, for error messages."""
-    names: list[str] = []
-    for name, module in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if isinstance(module, nn.Linear) or type(module).__name__ in ("Conv1D", "Linear8bitLt", "Linear4bit"):
-            if leaf not in names:
-                names.append(leaf)
-    return ", ".join(names[:limit]) or "none"
 
 
 @register("lora")
@@ -125,7 +108,7 @@ class LoraStrategy(StrategyBase):
                 return list(names)
         raise TargetNotFoundError(
             f"There is no default target_modules for model type {model_type!r} ({type(model).__name__}). "
-            f"Linear layers it has: {_module_names_hint(model)}. Pass target_modules=[...] with some of "
+            f"Linear layers it has: {linear_layer_names(model)}. Pass target_modules=[...] with some of "
             'these names (usually the attention query and value projections), or target_modules="all-linear".'
         )
 
@@ -160,7 +143,7 @@ class LoraStrategy(StrategyBase):
             if "not found in the base model" in str(exc) or "target_modules" in str(exc):
                 raise TargetNotFoundError(
                     f"target_modules={self.config.target_modules!r} matches no module of this "
-                    f"{type(model).__name__}. Linear layers it has: {_module_names_hint(model)}. "
+                    f"{type(model).__name__}. Linear layers it has: {linear_layer_names(model)}. "
                     'Pass some of these names, or target_modules="all-linear".'
                 ) from exc
             raise

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from petl.bench.config import BenchConfig, DataSpec, ModelSpec, StrategySpec, TimingSpec, TrainSpec
+from petl.bench.config import BenchConfig
+from petl.bench.schema import DataSpec, ModelSpec, StrategySpec, TimingSpec, TrainSpec
 
 
 def tiny_config(model_dir: Path, *rows: StrategySpec, seeds: tuple[int, ...] = (0,), **changes: object) -> BenchConfig:

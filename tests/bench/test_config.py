@@ -8,17 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from petl.bench.config import (
-    BenchConfig,
-    ConfigFileError,
-    DeviceError,
-    StrategySpec,
-    check_runnable,
-    load_config,
-)
+from petl.bench.config import BenchConfig, check_runnable, load_config
 from petl.bench.defaults import default_config
-from petl.data.errors import DataFileError
-from petl.errors import ConfigError, PetlError, UnknownStrategyError
+from petl.bench.schema import StrategySpec
+from petl.errors import ConfigError, ConfigFileError, DataFileError, DeviceError, PetlError, UnknownStrategyError
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"

@@ -135,7 +135,7 @@ def test_sources_and_errors(tmp_path: Path) -> None:
 def test_real_minilm_matches_its_estimate() -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from petl.demo_models import minilm_path
+    from petl.modeling.demo import minilm_path
 
     report = estimate("minilm", [("lora", "lora", {"r": 8})], num_labels=2, precisions=("fp32",))
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)

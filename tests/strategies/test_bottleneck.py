@@ -1,7 +1,7 @@
 """The bottleneck strategy: Houlsby, Pfeiffer and parallel adapters placed with hooks.
 
 Runs on the eleven families of ``tiny_models`` plus six built here: three that
-:data:`petl.architectures.FAMILIES` lists (electra, phi, gemma) and three that it
+:data:`petl.modeling.FAMILIES` lists (electra, phi, gemma) and three that it
 does not (xglm, roformer, m2m_100), which go through structural discovery.
 """
 
@@ -19,7 +19,7 @@ import transformers as tf
 from torch import nn
 
 import petl
-from petl.architectures import FAMILIES, find_blocks
+from petl.core.wrapping import is_wrapped, state_of
 from petl.errors import (
     AlreadyWrappedError,
     ConfigError,
@@ -28,8 +28,8 @@ from petl.errors import (
     TargetNotFoundError,
     UnsupportedModelError,
 )
+from petl.modeling import FAMILIES, find_blocks
 from petl.strategies.bottleneck import ADAPTER_NAME, BottleneckAdapter, BottleneckConfig
-from petl.wrapping import is_wrapped, state_of
 
 VARIANTS = ("houlsby", "pfeiffer", "parallel")
 # Houlsby's places are a superset of Pfeiffer's (which the conformance suite runs on every case);

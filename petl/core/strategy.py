@@ -1,0 +1,130 @@
+"""The strategy protocol: what ``petl.wrap``, save/load, the trainer and the
+benchmark need from a parameter-efficient tuning method.
+
+A strategy is a class registered under a name (see :mod:`petl.core.registry`). It is
+built from its config, injects itself into a model in place, and from then on is
+reached only through the methods below, so that no module outside
+``petl/strategies/`` needs to know which strategy it is driving.
+
+Strategies may subclass :class:`StrategyBase` for the optional hooks' defaults;
+any class with the same methods works as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from petl.core.config import StrategyConfig
+from petl.errors import NotMergeableError, PetlError
+
+__all__ = ["Strategy", "StrategyBase"]
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """What a registered strategy provides.
+
+    Attributes:
+        config_class: The :class:`StrategyConfig` subclass holding its options.
+        handles_heads: ``True`` when the strategy trains and saves
+            ``config.modules_to_save`` itself (LoRA does, through peft); otherwise
+            ``petl.wrap`` does it for the strategy.
+    """
+
+    config_class: ClassVar[type[StrategyConfig]]
+    handles_heads: ClassVar[bool]
+    config: StrategyConfig
+
+    def inject(self, model: nn.Module) -> None:
+        """Add the adapter to ``model`` in place; only the adapter may require grad.
+
+        The caller has already frozen every base parameter. Raise a ``PetlError``
+        (and leave the model as it was) when the model cannot take the adapter.
+        """
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The adapter's tensors, keyed as the strategy will read them back."""
+
+    def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy tensors produced by :meth:`adapter_state_dict` into the adapter."""
+
+    def remove(self, model: nn.Module) -> nn.Module:
+        """Undo :meth:`inject`: every module, hook and attribute it added goes."""
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold the adapter into the base weights and remove it.
+
+        Raises:
+            NotMergeableError: The adapter cannot be expressed as a weight change.
+        """
+
+    def extra_files(self, model: nn.Module) -> dict[str, str]:
+        """Extra text files (name -> content) to write next to the weights."""
+
+    def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
+        """Called once by the trainer with the number of optimizer steps planned."""
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        """Called by the trainer after every optimizer step, before gradients are zeroed.
+
+        ``step`` counts optimizer steps from 1. AdaLoRA reallocates its rank budget here.
+        """
+
+    def regularization_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """An extra loss term the trainer adds to the task loss, or ``None``."""
+
+    def training_state(self, model: nn.Module) -> Any:
+        """State the strategy keeps outside its parameters (plain data and tensors) that a
+        checkpoint must hold for an exact resume, or ``None``."""
+
+    def load_training_state(self, model: nn.Module, state: Any) -> None:
+        """Take back what :meth:`training_state` returned, when a run resumes."""
+
+
+class StrategyBase:
+    """Defaults for the optional parts of :class:`Strategy`.
+
+    Subclasses define ``config_class``, ``inject``, ``adapter_state_dict``,
+    ``load_adapter_state_dict`` and ``remove``.
+    """
+
+    config_class: ClassVar[type[StrategyConfig]]
+    handles_heads: ClassVar[bool] = False
+    merge_refusal: ClassVar[str] = "its adapter is not a linear change of existing weights"
+    """Completes the sentence "<name> cannot be merged because ..." raised by ``merge``."""
+
+    def __init__(self, config: StrategyConfig) -> None:
+        self.config = config
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        raise NotMergeableError(
+            f"The {self.config.strategy!r} strategy cannot be merged because {self.merge_refusal}. "
+            "Keep the model wrapped for inference, or save the adapter with petl.save(model, path) "
+            "and load it with petl.load(base_model, path)."
+        )
+
+    def extra_files(self, model: nn.Module) -> dict[str, str]:
+        return {}
+
+    def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
+        return None
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        return None
+
+    def regularization_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def training_state(self, model: nn.Module) -> Any:
+        return None
+
+    def load_training_state(self, model: nn.Module, state: Any) -> None:
+        raise PetlError(
+            f"The {self.config.strategy!r} strategy keeps no training state, but a checkpoint holds some. "
+            "Resume with the strategy the run was started with."
+        )
+
+

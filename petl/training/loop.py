@@ -1,0 +1,358 @@
+"""The training loop behind :func:`petl.train`: micro-batches, optimizer steps,
+strategy hooks, logging, evaluation, early stopping and checkpoints.
+
+The loop keeps its position as (epoch, micro-batches consumed in the epoch) and
+the data order of an epoch depends only on the seed and the epoch, so a checkpoint
+plus the saved random generator states are enough to continue a run exactly as if
+it had never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from petl.errors import CheckpointError, ConfigError, PetlError, suggest
+from petl.files import atomic_write_json
+from petl.training.checkpoint import (
+    latest_checkpoint,
+    load_strategy_state,
+    read_checkpoint,
+    strategy_state,
+    trainable_state,
+    write_checkpoint,
+)
+from petl.training.config import TrainConfig
+from petl.training.evaluation import BestTracker, evaluate, lower_is_better, metric_key
+from petl.training.log import LOG_NAME, METRICS_NAME, JsonLinesLog, LossWindow
+from petl.training.setup import Run
+from petl.training.step import finish_step, training_loss
+
+__all__ = ["BEST_NAME", "TrainLoop", "TrainResult"]
+
+logger = logging.getLogger(__name__)
+
+BEST_NAME = "best"
+# Options that fix the data order and the schedule: a checkpoint resumes exactly only under the same values.
+_RESUME_KEYS = ("batch_size", "gradient_accumulation_steps", "seed", "num_processes", "total_steps")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    metrics: dict[str, float]
+    """Final evaluation metrics (``eval_loss``, ``eval_accuracy``, ...): those of the best
+    evaluation when its weights were restored, else of the last; ``{}`` without eval data."""
+    global_step: int
+    """Optimizer steps taken, counting those before a resume."""
+    epoch: float
+    """Epochs completed (fractional when training stopped inside an epoch)."""
+    train_loss: float
+    """Mean of the per-step training losses."""
+    step_losses: list[float] = field(default_factory=list)
+    """Each optimizer step's loss (task loss plus regulariser, averaged over its
+    micro-batches and processes)."""
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+    """Every evaluation's metrics with its ``step``."""
+    best_metric: float | None = None
+    """The best value of ``metric_for_best`` seen, or ``None`` without evaluations."""
+    best_step: int | None = None
+    """The step at which it was seen."""
+    stopped_early: bool = False
+    """Whether early stopping ended the run."""
+    output_dir: Path | None = None
+    """The output folder, when one was given."""
+    runtime_s: float = 0.0
+    """Wall time of this call in seconds."""
+
+
+class TrainLoop:
+    """One training run over a prepared :class:`~petl.training.setup.Run`."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.config: TrainConfig = run.config
+        self.acc = run.accelerator
+        metric = metric_key(self.config.metric_for_best)
+        greater = self.config.greater_is_better
+        self.best = BestTracker(
+            metric, (not lower_is_better(metric)) if greater is None else greater, self.config.early_stopping_patience
+        )
+        self.global_step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self.step_losses: list[float] = []
+        self.eval_history: list[dict[str, float]] = []
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.last_checkpoint: Path | None = None
+        self.learning_rate = float("nan")
+        self.stopped_early = False
+        self.log = JsonLinesLog(run.output_dir / LOG_NAME if run.output_dir and self.acc.is_main_process else None)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _fingerprint(self) -> dict[str, int]:
+        c = self.config
+        return {
+            "batch_size": c.batch_size,
+            "gradient_accumulation_steps": c.gradient_accumulation_steps,
+            "seed": c.seed,
+            "num_processes": self.acc.num_processes,
+            "total_steps": self.run.total_steps,
+        }
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "batches_in_epoch": self.batches_in_epoch,
+            "step_losses": self.step_losses,
+            "eval_history": self.eval_history,
+            "best": self.best.state_dict(),
+            "stopped_early": self.stopped_early,
+            "fingerprint": self._fingerprint(),
+            "config": self.config.to_dict(),
+        }
+
+    def _resume(self) -> None:
+        folder = latest_checkpoint(self.run.output_dir)
+        if folder is None:
+            logger.warning("resume=True but %s holds no checkpoint: training from the start.", self.run.output_dir)
+            return
+        state = read_checkpoint(
+            folder, model=self.run.unwrapped, optimizer=self.run.optimizer,
+            scheduler=self.run.scheduler, scaler=self.acc.scaler,
+        )
+        saved, now = state.get("fingerprint", {}), self._fingerprint()
+        changed = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in _RESUME_KEYS if saved.get(k) != now[k]]
+        if changed:
+            raise CheckpointError(
+                f"Cannot resume from {folder}: the run changed ({'; '.join(changed)}). Resume with the "
+                "options of the interrupted run (total_steps follows from epochs/max_steps and the data size), "
+                "or start afresh in a new output folder."
+            )
+        load_strategy_state(self.run.strategy, self.run.unwrapped, state["strategy_state"], folder)
+        self.global_step, self.epoch = state["global_step"], state["epoch"]
+        self.batches_in_epoch = state["batches_in_epoch"]
+        self.step_losses = list(state["step_losses"])
+        self.eval_history = list(state["eval_history"])
+        self.best.load_state_dict(state["best"])
+        self.stopped_early = bool(state.get("stopped_early", False))
+        self.last_checkpoint = folder
+        if self.best.best_step == self.global_step:
+            self.best_weights = _cpu_copy(trainable_state(self.run.unwrapped))
+        else:
+            self.best_weights = state["best_weights"]
+        logger.info("Resumed from %s at step %d.", folder, self.global_step)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def execute(self) -> TrainResult:
+        run, acc, config = self.run, self.acc, self.config
+        self._check_metric_name_known()
+        if config.resume:
+            self._resume()
+        run.begin_strategy()
+        if self.batches_in_epoch >= len(run.train_loader):
+            self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+        progress = run.progress_bar(self.global_step)
+        window = LossWindow()
+        try:
+            while self.global_step < run.total_steps and not self.stopped_early:
+                run.sampler.set_order(self.epoch)
+                loader = run.train_loader
+                if self.batches_in_epoch:
+                    loader = acc.skip_first_batches(run.train_loader, self.batches_in_epoch)
+                micro_losses: list[torch.Tensor] = []
+                try:
+                    for batch in loader:
+                        with acc.accumulate(run.model):
+                            loss = self._micro_step(batch)
+                            micro_losses.append(loss)
+                            window.samples += _batch_size(batch) * acc.num_processes
+                            self.batches_in_epoch += 1
+                            if not acc.sync_gradients:
+                                continue
+                            step_loss = self._optimizer_step(micro_losses)
+                            micro_losses = []
+                        window.add(step_loss)
+                        progress.update(1)
+                        self._maybe_log(window, progress)
+                        epoch_done = self.batches_in_epoch >= len(run.train_loader)
+                        paused = time.perf_counter()
+                        if self._at_evaluation_point(epoch_done):
+                            self.stopped_early = self._evaluate_and_track()
+                        if self._at_checkpoint_point(epoch_done) or self.stopped_early:
+                            self._checkpoint()
+                        window.started += time.perf_counter() - paused  # throughput counts training time only
+                        if self.stopped_early or self.global_step >= run.total_steps:
+                            break
+                finally:
+                    _end(loader)
+                if self.batches_in_epoch >= len(run.train_loader):
+                    self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+        finally:
+            progress.close()
+        if run.eval_loader is not None and (not self.eval_history or self.eval_history[-1]["step"] != self.global_step):
+            self._evaluate_and_track()
+        return self._finish()
+
+    def _micro_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        run = self.run
+        loss = training_loss(run.model, batch, run.strategy, run.unwrapped)
+        self.acc.backward(loss)
+        return loss.detach().float()
+
+    def _optimizer_step(self, micro_losses: list[torch.Tensor]) -> float:
+        run, acc = self.run, self.acc
+        step_loss = torch.stack(micro_losses).mean()
+        if acc.num_processes > 1:
+            step_loss = acc.gather(step_loss[None]).mean()  # every process sees the same value and stops together
+        value = float(step_loss)
+        if not math.isfinite(value):
+            run.optimizer.zero_grad(set_to_none=True)
+            kept = (f"the last checkpoint, {self.last_checkpoint}, is intact (resume from it with resume=True)"
+                    if self.last_checkpoint is not None else "no checkpoint had been written yet")
+            raise PetlError(
+                f"The training loss became {value} at step {self.global_step + 1} (epoch {self.epoch + 1}); "
+                f"the model keeps the weights of step {self.global_step} and {kept}. Lower the learning rate, "
+                "keep max_grad_norm set, or use bf16 rather than fp16 mixed precision."
+            )
+        if self.config.max_grad_norm is not None:
+            acc.clip_grad_norm_(run.trainable, self.config.max_grad_norm)
+        self.learning_rate = float(run.optimizer.param_groups[0]["lr"])  # the rate this step uses
+        self.global_step += 1
+        finish_step(run.optimizer, run.strategy, run.unwrapped, self.global_step)
+        if not acc.optimizer_step_was_skipped:  # an fp16 step skipped for overflow keeps the schedule
+            run.scheduler.step()
+        self.step_losses.append(value)
+        return value
+
+    def _maybe_log(self, window: LossWindow, progress: Any) -> None:
+        lr = self.learning_rate
+        progress.set_postfix(loss=f"{window.last:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if self.global_step % self.config.logging_steps and self.global_step != self.run.total_steps:
+            return
+        record = {
+            "step": self.global_step,
+            "epoch": round(self.epoch + self.batches_in_epoch / len(self.run.train_loader), 4),
+            "loss": window.mean(),
+            "learning_rate": lr,
+            "samples_per_second": window.throughput(),
+        }
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
+                             samples_s=f"{record['samples_per_second']:.1f}")
+        self.log.write(record)
+        self.run.track(record, self.global_step)
+        window.reset()
+
+    def _at_evaluation_point(self, epoch_done: bool) -> bool:
+        if self.config.eval_steps is not None:
+            return self.global_step % self.config.eval_steps == 0
+        return epoch_done
+
+    def _at_checkpoint_point(self, epoch_done: bool) -> bool:
+        if self.run.output_dir is None:
+            return False
+        if self.config.save_steps is not None:
+            return self.global_step % self.config.save_steps == 0
+        return self._at_evaluation_point(epoch_done)
+
+    def _check_metric_name_known(self) -> None:
+        known = self.run.known_metrics
+        if self.run.eval_loader is not None and known is not None and self.best.metric not in known:
+            raise ConfigError(
+                f"metric_for_best={self.config.metric_for_best!r} is not reported for the {self.run.task!r} task."
+                f"{suggest(self.best.metric, known)} Reported metrics: {', '.join(sorted(known))}."
+            )
+
+    def _evaluate_and_track(self) -> bool:
+        """Evaluate, keep the best weights; return whether early stopping ends the run."""
+        run = self.run
+        if run.eval_loader is None:
+            return False
+        factory = run.evaluator_factory
+        metrics = evaluate(run.model, run.eval_loader, task=run.task, accelerator=self.acc,
+                           evaluator=factory() if factory is not None else None)
+        if self.best.metric not in metrics:
+            raise ConfigError(
+                f"metric_for_best={self.config.metric_for_best!r} is not among the evaluation metrics."
+                f"{suggest(self.best.metric, list(metrics))} Reported metrics: {', '.join(sorted(metrics))}."
+            )
+        record = {"step": self.global_step, **metrics}
+        self.eval_history.append(record)
+        self.log.write(record)
+        run.track(metrics, self.global_step)
+        logger.info("step %d: %s", self.global_step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if self.best.update(metrics, self.global_step):
+            self.best_weights = _cpu_copy(trainable_state(run.unwrapped))
+            if run.output_dir is not None:
+                run.save_model(run.output_dir / BEST_NAME)
+        return self.best.should_stop
+
+    def _checkpoint(self) -> None:
+        run = self.run
+        if run.output_dir is None:
+            return
+        if self.acc.is_main_process:
+            self.last_checkpoint = write_checkpoint(
+                run.output_dir, self.global_step, model=run.unwrapped, optimizer=run.optimizer,
+                scheduler=run.scheduler, scaler=self.acc.scaler, trainer_state=self._trainer_state(),
+                best_weights=self.best_weights if self.best.best_step != self.global_step else None,
+                strategy_state=strategy_state(run.strategy, run.unwrapped),
+            )
+        else:
+            self.last_checkpoint = run.output_dir / f"checkpoint-{self.global_step}"
+        self.acc.wait_for_everyone()
+
+    def _finish(self) -> TrainResult:
+        run, config = self.run, self.config
+        metrics = dict(self.eval_history[-1]) if self.eval_history else {}
+        if config.load_best_at_end and self.best_weights is not None and self.best.best_step != self.global_step:
+            params = trainable_state(run.unwrapped)
+            with torch.no_grad():
+                for key, value in self.best_weights.items():
+                    params[key].copy_(value)
+            metrics = {"step": self.best.best_step, **self.best.best_metrics}
+        metrics.pop("step", None)
+        if run.output_dir is not None and run.eval_loader is None:
+            run.save_model(run.output_dir / BEST_NAME)  # with nothing to compare, the last weights are the best
+        if run.output_dir is not None and self.acc.is_main_process:
+            atomic_write_json(run.output_dir / METRICS_NAME, metrics)
+        self.acc.wait_for_everyone()
+        done_batches = self.epoch * len(run.train_loader) + self.batches_in_epoch
+        return TrainResult(
+            metrics=metrics,
+            global_step=self.global_step,
+            epoch=round(done_batches / len(run.train_loader), 4),
+            train_loss=sum(self.step_losses) / len(self.step_losses) if self.step_losses else float("nan"),
+            step_losses=list(self.step_losses),
+            eval_history=list(self.eval_history),
+            best_metric=self.best.best_value,
+            best_step=self.best.best_step,
+            stopped_early=self.stopped_early,
+            output_dir=run.output_dir,
+        )
+
+
+def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
+    return int(next(iter(batch.values())).shape[0])
+
+
+def _end(loader: Any) -> None:
+    """Tell Accelerate a data loader left early is done (it tracks the active one)."""
+    end = getattr(loader, "end", None)
+    if callable(end):
+        end()
+
+
+def _cpu_copy(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}

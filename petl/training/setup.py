@@ -1,0 +1,295 @@
+"""Setting up a training run: checking the inputs, building the Accelerate objects,
+and putting the model back as it was afterwards.
+
+Everything here runs before the first step, so bad input (no trainable parameters,
+labels beyond the model's head, an unwritable output folder) fails fast, and
+:meth:`Run.close` undoes what the setup changed on the user's model (the
+mixed-precision forward wrapper, gradient checkpointing, train/eval mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from petl.core.wrapping import is_wrapped, state_of
+from petl.errors import ConfigError, PetlError
+from petl.files import atomic_write_json, replace_dir
+from petl.tasks import CLASSIFICATION_TASKS, LM_TASKS, REPORTED_METRICS
+from petl.training.config import TrainConfig, default_learning_rate
+from petl.training.data import CheckedCollator, EpochOrder
+from petl.training.evaluation import EvaluatorFactory
+from petl.training.step import build_optimizer
+
+__all__ = ["CONFIG_NAME", "Run", "check_output_dir", "prepare_run"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "train_config.json"
+def _cpu_processes() -> bool:
+    """Whether this is one of several processes on a machine without an accelerator device.
+
+    Accelerate sets up gloo for such a run only when asked for the CPU explicitly
+    (``accelerate launch --cpu`` does it; plain ``torchrun`` does not).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    device_api = getattr(torch, "accelerator", None)
+    has_device = device_api.is_available() if device_api is not None else torch.cuda.is_available()
+    return not has_device
+
+
+def _partial_state() -> Any:
+    from accelerate import PartialState
+
+    return PartialState(cpu=_cpu_processes())
+
+
+def check_output_dir(output_dir: str | None) -> Path | None:
+    """Create ``output_dir`` and prove it writable, before any training time is spent.
+
+    The main process creates and probes the folder; the others only check that they
+    can write there, so under data parallelism no other process writes a file.
+
+    Raises:
+        PetlError: The folder cannot be created or written (on every process).
+    """
+    if output_dir is None:
+        return None
+    state = _partial_state()
+    folder = Path(output_dir)
+    problem: str | None = None
+    if state.is_main_process:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".petl-write-test.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            problem = str(exc.strerror or exc)
+    state.wait_for_everyone()  # every process reaches this, failing or not, so none waits forever
+    if problem is None and not state.is_main_process and not (folder.is_dir() and os.access(folder, os.W_OK)):
+        problem = "the main process could not create it, or this process cannot write there"
+    if problem is not None:
+        raise PetlError(
+            f"The output folder {folder} is not writable ({problem}). "
+            "Choose another output_dir (--output), or fix its permissions."
+        )
+    return folder
+
+
+@dataclass
+class Run:
+    """The objects of one training run, built by :func:`prepare_run`."""
+
+    config: TrainConfig
+    task: str
+    accelerator: Any
+    """The ``accelerate.Accelerator`` driving devices, precision and processes."""
+    model: nn.Module
+    """The model as Accelerate prepared it (a DDP wrapper under data parallelism)."""
+    unwrapped: nn.Module
+    """The user's model, which strategy hooks and checkpoints see."""
+    strategy: Any
+    """The model's strategy, or ``None`` under full fine-tuning."""
+    trainable: list[nn.Parameter]
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    eval_loader: Any
+    sampler: EpochOrder
+    total_steps: int
+    steps_per_epoch: int
+    output_dir: Path | None
+    evaluator_factory: EvaluatorFactory | None
+    known_metrics: tuple[str, ...] | None
+    """The metrics the default evaluator reports, to check ``metric_for_best`` against."""
+    own_attributes: set[str]
+    was_training: bool
+    enabled_checkpointing: bool
+    enabled_input_grads: bool
+
+    def begin_strategy(self) -> None:
+        if self.strategy is not None:
+            self.strategy.on_train_begin(self.unwrapped, self.total_steps)
+
+    def track(self, values: Mapping[str, float], step: int) -> None:
+        if self.config.log_with is not None:
+            self.accelerator.log({k: v for k, v in values.items() if k != "step"}, step=step)
+
+    def progress_bar(self, initial: int) -> Any:
+        from tqdm.auto import tqdm
+
+        disable = not (self.config.progress_bar and self.accelerator.is_main_process)
+        return tqdm(total=self.total_steps, initial=initial, desc="train", unit="step", disable=disable)
+
+    def save_model(self, folder: Path) -> None:
+        """Save the adapter (``petl.save``) or, under full fine-tuning, the whole model, atomically."""
+        if not self.accelerator.is_main_process:
+            return
+        replace_dir(folder, self._write_model)
+
+    def _write_model(self, folder: Path) -> None:
+        if self.strategy is not None:
+            from petl.core.io import save
+
+            save(self.unwrapped, folder)
+        else:
+            self.unwrapped.save_pretrained(folder, safe_serialization=True)
+
+    def close(self) -> None:
+        """Undo the setup's changes to the user's model and release Accelerate's references."""
+        model = self.unwrapped
+        for name in ("forward", "_original_forward"):
+            if name not in self.own_attributes:
+                vars(model).pop(name, None)
+        if self.enabled_checkpointing:
+            model.gradient_checkpointing_disable()
+        if self.enabled_input_grads:
+            model.disable_input_require_grads()
+        model.train(self.was_training)
+        if self.config.log_with is not None:
+            self.accelerator.end_training()
+        self.accelerator.free_memory()
+
+
+def _reset_accelerate() -> None:
+    """Let this run choose its own precision: Accelerate keeps one state per process
+    (transformers' Trainer resets it the same way before each run)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+def _model_checks(model: nn.Module, data: Any, wrapped: bool) -> None:
+    if not wrapped and (getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False)):
+        raise PetlError(
+            "This model's base weights are quantized (8-bit/4-bit) and cannot be trained in full. "
+            'Wrap it with a strategy first, e.g. petl.wrap(model, "lora", r=8) (--strategy lora).'
+        )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise PetlError(
+            f"No parameter of this {type(model).__name__} requires grad, so there is nothing to train. "
+            "Wrap it with petl.wrap(model, ...), or unfreeze the parameters to fine-tune in full."
+        )
+    head = getattr(getattr(model, "config", None), "num_labels", None)
+    if data.task in CLASSIFICATION_TASKS and data.num_labels and head:
+        if data.num_labels > head:
+            names = f" ({', '.join(map(str, data.label_names[:10]))})" if data.label_names else ""
+            raise PetlError(
+                f"The data has {data.num_labels} labels{names}, but the model's head has {head} outputs. "
+                f"Load the model with num_labels={data.num_labels}."
+            )
+
+
+def prepare_run(
+    model: nn.Module, data: Any, config: TrainConfig, output_dir: Path | None, evaluator: EvaluatorFactory | None
+) -> Run:
+    """Check the model against the data and build every object of the run."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    wrapped = is_wrapped(model)
+    strategy = state_of(model).strategy if wrapped else None
+    _model_checks(model, data, wrapped)
+    own_attributes = {name for name in ("forward", "_original_forward") if name in vars(model)}
+    was_training = model.training
+    _reset_accelerate()
+    try:
+        accelerator = Accelerator(
+            cpu=_cpu_processes(),
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=config.log_with,
+            project_dir=str(output_dir) if output_dir is not None else None,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"Accelerate cannot set up this run: {exc}") from exc
+    set_seed(config.seed)
+
+    enabled_checkpointing = enabled_input_grads = False
+    if config.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing; "
+                              "train without gradient_checkpointing.")
+        if not getattr(model, "is_gradient_checkpointing", False):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enabled_checkpointing = True
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if wrapped and embeddings is not None and not any(p.requires_grad for p in embeddings.parameters()):
+            # A frozen embedding gives checkpointed blocks inputs without grad; make them require it.
+            model.enable_input_require_grads()
+            enabled_input_grads = True
+
+    check_labels = None  # the number of classes the head can output
+    if data.task in CLASSIFICATION_TASKS:
+        check_labels = getattr(getattr(model, "config", None), "num_labels", None) or data.num_labels
+    sampler = EpochOrder(len(data.train), config.seed)
+    # Own generators: creating a loader iterator must not draw from the global RNG (dropout uses it).
+    train_loader = DataLoader(
+        data.train, sampler=sampler, batch_size=config.batch_size,
+        collate_fn=CheckedCollator(data.collator, check_labels, "training"),
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    eval_loader = None
+    if data.eval is not None and len(data.eval) > 0:
+        eval_loader = DataLoader(
+            data.eval, batch_size=config.eval_batch_size or 2 * config.batch_size, shuffle=False,
+            collate_fn=CheckedCollator(data.collator, check_labels, "evaluation"),
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    lr = config.learning_rate if config.learning_rate is not None else default_learning_rate(wrapped)
+    optimizer = build_optimizer(model, config, lr)
+    if eval_loader is not None:
+        prepared_model, prepared_optimizer, train_loader, eval_loader = accelerator.prepare(
+            model, optimizer, train_loader, eval_loader)
+    else:
+        prepared_model, prepared_optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
+    scheduler_name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
+    scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+
+    if evaluator is None and data.task not in LM_TASKS:
+        from petl.metrics import evaluator_for
+
+        evaluator_for(data.task, data.label_names)  # fail now, not at the first evaluation
+
+        def evaluator() -> Any:
+            return evaluator_for(data.task, data.label_names)
+
+        known_metrics: tuple[str, ...] | None = REPORTED_METRICS[data.task]
+    else:
+        known_metrics = REPORTED_METRICS[data.task] if evaluator is None else None
+    if output_dir is not None and accelerator.is_main_process:
+        atomic_write_json(output_dir / CONFIG_NAME, config.to_dict(), sort_keys=False)
+    if config.log_with is not None:
+        accelerator.init_trackers("petl", config={k: v for k, v in config.to_dict().items()
+                                                  if isinstance(v, (int, float, str, bool))})
+    logger.info("Training %s for %d steps (%d per epoch) on %d process(es).",
+                "the adapter" if wrapped else "every parameter", total_steps, steps_per_epoch,
+                accelerator.num_processes)
+    prepared_model.train()
+    return Run(
+        config=config, task=data.task, accelerator=accelerator, model=prepared_model,
+        unwrapped=accelerator.unwrap_model(prepared_model), strategy=strategy, trainable=trainable,
+        optimizer=prepared_optimizer, scheduler=scheduler, train_loader=train_loader, eval_loader=eval_loader,
+        sampler=sampler, total_steps=total_steps, steps_per_epoch=steps_per_epoch, output_dir=output_dir,
+        evaluator_factory=evaluator, known_metrics=known_metrics, own_attributes=own_attributes,
+        was_training=was_training, enabled_checkpointing=enabled_checkpointing,
+        enabled_input_grads=enabled_input_grads,
+    )

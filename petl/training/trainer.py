@@ -1,0 +1,125 @@
+"""Training any wrapped model (or a plain one, in full) on a task's data, driven by Accelerate.
+
+    import petl
+    model = petl.wrap(model, "lora", r=8)
+    result = petl.train(model, "train.tsv", eval_data="validation.tsv", tokenizer=tok,
+                        task="sequence-classification",
+                        config=petl.TrainConfig(epochs=3, learning_rate=1e-3, output_dir="runs/lora"))
+    result.metrics  # {"eval_accuracy": ..., "eval_loss": ...}
+
+One optimizer step ``t`` (counted from 1) averages ``G = gradient_accumulation_steps``
+micro-batches and adds the strategy's regulariser ``R`` (``None`` for most strategies):
+
+    L_t = (1 / G) * sum_g [ task_loss(batch_g) + R(model) ]
+    g_t = grad L_t * min(1, max_grad_norm / ||grad L_t||_2)        (global norm clipping)
+    theta_t = AdamW(theta_{t-1}, g_t, lr_t)                       (Loshchilov & Hutter 2019, Algorithm 2)
+    lr_t = lr * s / W                                  for s = t - 1 < W  (warm-up, W = ceil(warmup_ratio * T))
+    lr_t = lr * (T - s) / (T - W)                      linear decay, or
+    lr_t = lr * (1 + cos(pi * (s - W) / (T - W))) / 2  cosine decay
+
+with ``T`` the planned number of optimizer steps (transformers' ``get_scheduler``).
+The trainer talks to the strategy only through the protocol of :mod:`petl.core.strategy`
+(one step is written once, in :mod:`petl.training.step`):
+``on_train_begin(model, T)`` once, ``regularization_loss(model)`` at every
+micro-batch, and ``on_step_end(model, t)`` after each ``optimizer.step()`` and before
+the gradients are zeroed (AdaLoRA reads them there to reallocate its rank budget).
+
+Devices, precision and processes come from Accelerate, so one script runs anywhere::
+
+    python train.py                                   # one CPU or one GPU
+    torchrun --nproc_per_node 2 train.py              # two processes (gloo on CPU, NCCL on GPUs)
+    accelerate launch --multi_gpu --num_processes 4 train.py
+
+Under data parallelism each process reads its own shard of every epoch (Accelerate
+pads the last batches so that all processes take the same number of steps),
+gradients are averaged across processes, every process reports the same losses
+and metrics, and only the main process writes files.
+
+FSDP and DeepSpeed are chosen in Accelerate's own configuration, not here: describe
+the setup once with ``accelerate config`` (or write a YAML file with
+``distributed_type: FSDP`` and an ``fsdp_config`` section, or ``distributed_type:
+DEEPSPEED`` and a ``deepspeed_config`` section) and start the same script with
+``accelerate launch --config_file that.yaml train.py``; the ``Accelerator`` built
+here reads that configuration (``TrainConfig.mixed_precision`` still decides the
+precision). The best adapter is read from the main process's parameters, which are
+complete under DDP and DeepSpeed ZeRO stages 1-2 but only a shard under FSDP and
+ZeRO-3; checkpoints (and so ``resume``) also need the whole optimizer state, which
+only single-device and DDP runs keep in one process. For sharded runs train with
+``output_dir=None`` and save through Accelerate (``accelerator.save_state``). petl's
+test suite runs on CPUs and exercises none of the GPU configurations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from petl.errors import ConfigError
+from petl.training.config import TrainConfig
+from petl.training.data import resolve_data
+from petl.training.evaluation import EvaluatorFactory
+from petl.training.loop import TrainLoop, TrainResult
+from petl.training.setup import check_output_dir, prepare_run
+
+__all__ = ["TrainConfig", "TrainResult", "train"]
+
+
+def train(
+    model: nn.Module,
+    train_data: Any,
+    eval_data: Any = None,
+    *,
+    tokenizer: Any = None,
+    task: str | None = None,
+    config: TrainConfig | None = None,
+    evaluator: EvaluatorFactory | None = None,
+    data_options: Mapping[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train_data`` and evaluate it on ``eval_data``.
+
+    A model wrapped with ``petl.wrap`` trains its adapter (and fresh task head) only;
+    a plain model is fine-tuned in full. The model is trained in place and is left
+    in its original train/eval mode, holding the best evaluated weights when
+    ``config.load_best_at_end``.
+
+    Args:
+        model: The model, wrapped or plain, with a head for ``task``.
+        train_data: A prepared ``petl.data.TaskData`` (then ``eval_data`` stays
+            ``None``; its ``eval`` split is used), or a raw source for
+            ``petl.data.load_task_data``: a CSV/TSV/JSONL/CoNLL path or a ``datasets`` object.
+        eval_data: A raw evaluation source, like ``train_data``.
+        tokenizer: The model's tokenizer, needed with raw sources.
+        task: ``"sequence-classification"``, ``"token-classification"``, ``"causal-lm"``
+            or ``"seq2seq"``; taken from the ``TaskData`` or inferred from the model's
+            class when ``None``.
+        config: Training options; the defaults of :class:`TrainConfig` when ``None``.
+        evaluator: A callable returning a fresh ``TaskEvaluator`` before each
+            evaluation; ``None`` uses ``petl.metrics.evaluator_for(task, label_names)``.
+        data_options: Extra keyword options for ``load_task_data`` with raw sources
+            (``max_length``, ``text_column``, ``label_column``, ``limit``, ...).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        PetlError: Bad data (missing columns, labels out of range), an unwritable
+            output folder (checked before training starts), a non-finite loss (the
+            message names the step; earlier checkpoints are kept), or a checkpoint
+            that does not fit on resume.
+    """
+    started = time.perf_counter()
+    config = config if config is not None else TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a petl.TrainConfig, got {type(config).__name__}.")
+    data = resolve_data(model, train_data, eval_data, tokenizer=tokenizer, task=task, data_options=data_options)
+    output_dir = check_output_dir(config.output_dir)
+    run = prepare_run(model, data, config, output_dir, evaluator)
+    try:
+        result = TrainLoop(run).execute()
+    finally:
+        run.close()
+    result.runtime_s = time.perf_counter() - started
+    return result
