@@ -3,7 +3,8 @@ full fine-tuning and LoRA, on MiniLM-L6 with real SST-2 sentences.
 
 Every variant is its own copy of the same ``AutoModelForSequenceClassification``
 (2 labels, the same freshly initialised classifier) with its own AdamW. A step is
-forward, backward, ``optimizer.step()`` and ``zero_grad``. Steps run round-robin, one
+petl's training step (:class:`petl.training.step.StepRunner`): forward, backward,
+gradient clipping, ``optimizer.step()`` and ``zero_grad``. Steps run round-robin, one
 step of each variant per round with the order rotating every round, so load from
 other processes on a shared machine hits every variant alike; the first
 ``--warmup`` rounds are discarded and the median of the rest is reported.
@@ -32,6 +33,8 @@ from torch import nn
 import petl
 from petl.bench.environment import collect_environment, environment_section, load_average
 from petl.files import atomic_write_text
+from petl.training import TrainConfig
+from petl.training.step import StepRunner
 from petl.modeling.demo import minilm_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,15 +76,14 @@ def build_variants(base: nn.Module, reduction_factor: int, lora_r: int) -> dict[
     return models
 
 
-def step_function(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], float]:
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+def step_function(model: nn.Module, total_steps: int) -> Callable[[dict[str, torch.Tensor]], float]:
+    """Seconds of one optimizer step exactly as petl.train takes it (petl.training.step)."""
     model.train()
+    runner = StepRunner(model, TrainConfig(learning_rate=1e-4), total_steps=total_steps)
 
     def step(batch: dict[str, torch.Tensor]) -> float:
         start = time.perf_counter()
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        runner(batch)
         return time.perf_counter() - start
 
     return step
@@ -94,8 +96,9 @@ def write_markdown(result: dict, path: Path) -> None:
         "",
         f"Model: {s['model']}. Batch {s['batch_size']} x {s['max_length']} tokens of real SST-2 training "
         f"sentences, AdamW, fp32, CPU. {s['warmup']} warm-up rounds, then {s['rounds']} measured rounds, "
-        "variants interleaved round-robin (order rotating each round). A step is forward + backward + "
-        "optimizer step + zero_grad.",
+        "variants interleaved round-robin (order rotating each round). A step is petl's training step "
+        "(petl.training.step.StepRunner): forward + backward + gradient clipping to norm 1 + optimizer step + "
+        "zero_grad.",
         "",
         "| variant | trainable parameters | median step (s) | p25 (s) | p75 (s) | vs full fine-tuning |",
         "|---|---:|---:|---:|---:|---:|",
@@ -141,7 +144,7 @@ def main() -> None:
     models = build_variants(base, args.reduction_factor, args.lora_r)
     del base
     batches = sst2_batches(tokenizer, 8, args.batch_size, args.max_length)
-    steps = {name: step_function(model) for name, model in models.items()}
+    steps = {name: step_function(model, args.warmup + args.rounds) for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
     env = collect_environment()

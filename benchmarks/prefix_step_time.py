@@ -4,8 +4,9 @@ prefix-tuning, on the same decoder model and the same batches.
 Each variant is its own copy of the model with its own AdamW. Steps run round-robin
 (one step of each variant per round, the order rotating every round), so load from
 other processes on a shared machine hits every variant alike; the first
-``--warmup`` rounds are discarded. A step is forward, backward, optimizer step and
-zero_grad. Both prefix variants use the flat form (peft's default) with the same
+``--warmup`` rounds are discarded. A step is petl's training step
+(:class:`petl.training.step.StepRunner`): forward, backward, gradient clipping,
+optimizer step and zero_grad. Both prefix variants use the flat form (peft's default) with the same
 number of virtual tokens, so they train the same number of parameters; with
 ``--projection N`` a projected pair (MLP hidden size N) is measured as well.
 
@@ -37,6 +38,8 @@ from torch import nn
 import petl
 from petl.bench.environment import collect_environment, environment_section, load_average
 from petl.files import atomic_write_text
+from petl.training import TrainConfig
+from petl.training.step import StepRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -95,18 +98,15 @@ def variants(base: nn.Module, num_virtual_tokens: int, projection: int | None) -
     return out
 
 
-def step_function(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], tuple[float, float]]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+def step_function(model: nn.Module, total_steps: int) -> Callable[[dict[str, torch.Tensor]], tuple[float, float]]:
+    """Wall-clock and process CPU seconds of one optimizer step as petl.train takes it (petl.training.step);
+    peft's model trains its own prefix parameters through the same step."""
     model.train()
+    runner = StepRunner(model, TrainConfig(learning_rate=1e-5), total_steps=total_steps)
 
     def step(batch: dict[str, torch.Tensor]) -> tuple[float, float]:
-        """Wall-clock and process CPU seconds of one training step."""
         wall, cpu = time.perf_counter(), time.process_time()
-        loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        runner({**batch, "use_cache": False})
         return time.perf_counter() - wall, time.process_time() - cpu
 
     return step
@@ -172,7 +172,7 @@ def main() -> None:
     base, description = load_model(args.model)
     models = variants(base, args.num_virtual_tokens, args.projection)
     del base
-    steps = {name: step_function(model) for name, model in models.items()}
+    steps = {name: step_function(model, args.warmup + args.steps) for name, model in models.items()}
     batches = make_batches(models["full fine-tuning"].config.vocab_size, 4, args.batch_size, args.seq_len)
     times: dict[str, list[float]] = {name: [] for name in models}
     cpu_times: dict[str, list[float]] = {name: [] for name in models}
