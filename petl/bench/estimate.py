@@ -265,7 +265,8 @@ def estimate(
     Raises:
         PetlError: The model config cannot be read, or an option is invalid.
     """
-    import petl
+    from petl.core import registry
+    from petl.core.params import count_parameters
 
     for precision in precisions:
         if precision not in PRECISIONS:
@@ -279,18 +280,18 @@ def estimate(
     if task in CLASSIFICATION_TASKS:
         config.num_labels = num_labels
     if strategies is None:
-        strategies = [("full", "full", {})] + [(n, n, {}) for n in petl.available()]
+        strategies = [("full", "full", {})] + [(n, n, {}) for n in registry.available()]
     rows = []
     for label, name, options in strategies:
         if name != "full":
-            petl.core.registry.get(name).config_class.from_dict(options)  # bad names/options fail before any work
+            registry.get(name).config_class.from_dict(options)  # bad names/options fail before any work
         row = StrategyEstimate(label=label, strategy=name, options=dict(options))
         try:
             row.trainable, row.total, row.memory = _wrap_and_measure(
                 config, task, name, options, "meta", precisions, optimizer)
             row.method = "meta"
         except PetlError as exc:
-            size = petl.count_parameters(_build(config, task, "meta")).total
+            size = count_parameters(_build(config, task, "meta")).total
             if size > materialize_limit:
                 row.error = (f"cannot be counted on the meta device ({exc}); the model has {size:,} parameters, "
                              f"more than the {materialize_limit:,} petl builds for real to count")

@@ -56,14 +56,14 @@ def saved_size(model: nn.Module, *, full: bool) -> int:
     """
     from safetensors.torch import save_model
 
-    import petl
+    from petl.core.io import save
 
     folder = Path(tempfile.mkdtemp(prefix="petl-bench-size-"))
     try:
         if full:
             save_model(model, str(folder / "model.safetensors"))
             return tree_bytes(folder, ".safetensors")
-        petl.save(model, folder)
+        save(model, folder)
         return tree_bytes(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
