@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 import petl
-from petl.core.validators import check, check_state_dict, set_field, str_tuple
+from petl.core.params import copy_checked
+from petl.core.validators import check, set_field, str_tuple
 from petl.errors import TargetNotFoundError
 from petl.modeling import linear_dims
 
@@ -85,11 +86,8 @@ class IA3Strategy(petl.StrategyBase):
         return {f"{n}.{SCALE}.vector": model.get_submodule(n).get_submodule(SCALE).vector for n in self.names}
 
     def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-        check_state_dict(self.adapter_state_dict(model), state_dict, source="The (IA)^3 vectors",
-                         fix="Load them onto a model wrapped with the same target_modules.")
-        with torch.no_grad():
-            for key, value in state_dict.items():
-                model.get_parameter(key).copy_(value)
+        copy_checked(self.adapter_state_dict(model), state_dict, source="The (IA)^3 vectors",
+                     fix="Load them onto a model wrapped with the same target_modules.")
 
     def remove(self, model: nn.Module) -> nn.Module:
         for handle in self.handles:

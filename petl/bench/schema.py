@@ -10,15 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from petl.core import registry
-from petl.core.validators import (
-    check,
-    check_bool,
-    check_choice,
-    check_non_negative_int,
-    check_number,
-    check_positive_int,
-    reject_unknown,
-)
+from petl.core import validators as v
 from petl.errors import ConfigError, UnknownStrategyError, suggest
 from petl.training.config import MIXED_PRECISION, OPTIMIZERS
 
@@ -37,11 +29,11 @@ def check_keys(section: str, options: Mapping[str, Any], cls: type) -> None:
     if not isinstance(options, Mapping):
         raise ConfigError(f"[{section}] must be a table of options, got {type(options).__name__}: {options!r}.")
     valid = [f.name for f in dataclasses.fields(cls) if f.init]
-    reject_unknown(options, valid, f"a key of [{section}]", noun="keys")
+    v.reject_unknown(options, valid, f"a key of [{section}]", noun="keys")
 
 
 def _learning_rate(name: str, value: Any) -> None:
-    check_number(name, value, low=0, high=1, low_open=True, allow_none=True)
+    v.check_number(name, value, low=0, high=1, low_open=True, allow_none=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,9 +47,9 @@ class ModelSpec:
     """Load the frozen linear weights in 8 bits (bitsandbytes); rows may override it."""
 
     def __post_init__(self) -> None:
-        check(isinstance(self.name, str) and self.name != "",
+        v.check(isinstance(self.name, str) and self.name != "",
               f"[model] name must be a non-empty string, got {self.name!r}.")
-        check_bool("[model] load_in_8bit", self.load_in_8bit)
+        v.check_bool("[model] load_in_8bit", self.load_in_8bit)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,25 +79,25 @@ class DataSpec:
     """Seed of the synthetic data generator (the same seed gives the same examples)."""
 
     def __post_init__(self) -> None:
-        check(isinstance(self.train, str) and self.train != "",
+        v.check(isinstance(self.train, str) and self.train != "",
               f"[data] train must be a path or name, got {self.train!r}.")
-        check(self.eval is None or isinstance(self.eval, str),
+        v.check(self.eval is None or isinstance(self.eval, str),
               f"[data] eval must be a path or name, got {self.eval!r}.")
-        check_positive_int("[data] max_length", self.max_length)
-        check_positive_int("[data] train_examples", self.train_examples, allow_none=True)
-        check_positive_int("[data] eval_examples", self.eval_examples, allow_none=True)
+        v.check_positive_int("[data] max_length", self.max_length)
+        v.check_positive_int("[data] train_examples", self.train_examples, allow_none=True)
+        v.check_positive_int("[data] eval_examples", self.eval_examples, allow_none=True)
         for name in ("text_column", "label_column", "target_column"):
             value = getattr(self, name)
-            check(value is None or isinstance(value, str), f"[data] {name} must be a column name, got {value!r}.")
-        check_non_negative_int("[data] synthetic_seed", self.synthetic_seed)
+            v.check(value is None or isinstance(value, str), f"[data] {name} must be a column name, got {value!r}.")
+        v.check_non_negative_int("[data] synthetic_seed", self.synthetic_seed)
         if self.synthetic:
-            check(
+            v.check(
                 self.eval in (None, SYNTHETIC),
                 f"[data] eval={self.eval!r} next to train='synthetic': synthetic data brings its own held-out split. "
                 "Leave eval out, or give real files for both.",
             )
         else:
-            check(self.eval is not None, f"[data] has train={self.train!r} but no eval set. Add eval = \"<path>\".")
+            v.check(self.eval is not None, f"[data] has train={self.train!r} but no eval set. Add eval = \"<path>\".")
 
     @property
     def synthetic(self) -> bool:
@@ -132,12 +124,12 @@ class TrainSpec:
     """``"adamw"`` or ``"adamw8bit"`` (bitsandbytes); rows may override it."""
 
     def __post_init__(self) -> None:
-        check_positive_int("[train] epochs", self.epochs)
-        check_positive_int("[train] max_steps", self.max_steps, allow_none=True)
-        check_positive_int("[train] batch_size", self.batch_size)
+        v.check_positive_int("[train] epochs", self.epochs)
+        v.check_positive_int("[train] max_steps", self.max_steps, allow_none=True)
+        v.check_positive_int("[train] batch_size", self.batch_size)
         _learning_rate("[train] learning_rate", self.learning_rate)
-        check_choice("[train] mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        check_choice("[train] optimizer", self.optimizer, OPTIMIZERS)
+        v.check_choice("[train] mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        v.check_choice("[train] optimizer", self.optimizer, OPTIMIZERS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,9 +145,9 @@ class TimingSpec:
     """Distinct fixed batches cycled through (the same ones for every row)."""
 
     def __post_init__(self) -> None:
-        check_non_negative_int("[timing] warmup_steps", self.warmup_steps)
-        check_non_negative_int("[timing] steps (0 skips timing)", self.steps)
-        check_positive_int("[timing] batches", self.batches)
+        v.check_non_negative_int("[timing] warmup_steps", self.warmup_steps)
+        v.check_non_negative_int("[timing] steps (0 skips timing)", self.steps)
+        v.check_positive_int("[timing] batches", self.batches)
 
 
 ROW_KEYS = ("name", "label", "options", "learning_rate", "mixed_precision", "optimizer", "load_in_8bit")
@@ -181,7 +173,7 @@ class StrategySpec:
     """Whether this row loads 8-bit base weights; ``None`` uses ``[model] load_in_8bit``."""
 
     def __post_init__(self) -> None:
-        check(isinstance(self.name, str), f"A [[strategies]] name must be a string, got {self.name!r}.")
+        v.check(isinstance(self.name, str), f"A [[strategies]] name must be a string, got {self.name!r}.")
         if self.name != FULL:
             known = registry.available()
             if self.name not in known:
@@ -190,27 +182,27 @@ class StrategySpec:
                     f"Unknown strategy {self.name!r} in [[strategies]].{suggest(self.name, choices)} "
                     f"Available: {', '.join(choices)} ('full' is full fine-tuning)."
                 )
-        check(
+        v.check(
             self.label is None or (isinstance(self.label, str) and self.label != ""),
             f"label must be a non-empty string, got {self.label!r}.",
         )
-        check(isinstance(self.options, Mapping), f"options of {self.name!r} must be a table, got {self.options!r}.")
+        v.check(isinstance(self.options, Mapping), f"options of {self.name!r} must be a table, got {self.options!r}.")
         object.__setattr__(self, "options", dict(self.options))
         if self.name == FULL:
-            check(
+            v.check(
                 not self.options,
                 f"Full fine-tuning takes no options, got {sorted(self.options)}. Remove `options` from the 'full' row.",
             )
-            check(
+            v.check(
                 self.load_in_8bit is not True,
                 "Full fine-tuning cannot train 8-bit weights: set load_in_8bit = false on the 'full' row.",
             )
         else:
             self.strategy_config()  # raises ConfigError with the nearest option name
         _learning_rate(f"learning_rate of {self.display}", self.learning_rate)
-        check_choice(f"mixed_precision of {self.display}", self.mixed_precision, MIXED_PRECISION, allow_none=True)
-        check_choice(f"optimizer of {self.display}", self.optimizer, OPTIMIZERS, allow_none=True)
-        check(
+        v.check_choice(f"mixed_precision of {self.display}", self.mixed_precision, MIXED_PRECISION, allow_none=True)
+        v.check_choice(f"optimizer of {self.display}", self.optimizer, OPTIMIZERS, allow_none=True)
+        v.check(
             self.load_in_8bit is None or isinstance(self.load_in_8bit, bool),
             f"load_in_8bit of {self.display} must be true or false, got {self.load_in_8bit!r}.",
         )

@@ -5,9 +5,10 @@
     petl bench benchmarks/sst2_minilm.toml
     petl estimate llama-7b --strategy lora --set r=8
 
-Each subcommand is one module of this package with an ``add_parser(subparsers)``
-function, listed in :data:`SUBCOMMANDS`; it sets ``handler`` (a function of the
-parsed arguments returning the exit code) as its default. Building the parser
+Each subcommand is one module of this package, listed in :data:`SUBCOMMANDS`, with
+``NAME``, ``HELP`` (its line in ``petl --help``), ``add_arguments(parser)`` and
+``run(args)`` (the parsed arguments -> the exit code); the second paragraph of its
+docstring is the description ``petl NAME --help`` shows. Building the parser
 imports nothing heavy, so ``petl --help`` answers at once; a handler imports what
 its work needs. Errors petl raises for bad input are shown as one line on stderr
 with exit code 2, without a traceback.
@@ -16,27 +17,38 @@ with exit code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 from petl.cli import bench, estimate, train
 from petl.cli.common import parse_set
 from petl.errors import PetlError
 
-__all__ = ["SUBCOMMANDS", "build_parser", "main", "parse_set"]
+__all__ = ["SUBCOMMANDS", "add_subcommand", "build_parser", "main", "parse_set"]
 
-SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (train.add_parser, bench.add_parser, estimate.add_parser)
-"""The functions that add each subcommand's parser."""
+SUBCOMMANDS: tuple[ModuleType, ...] = (train, bench, estimate)
+"""The subcommand modules, in the order ``petl --help`` lists them."""
+
+
+def add_subcommand(subparsers: Any, command: ModuleType) -> argparse.ArgumentParser:
+    """Add one subcommand module's parser to ``subparsers``."""
+    description = inspect.cleandoc(command.__doc__ or "").split("\n\n")[1].replace("\n", " ")
+    parser = subparsers.add_parser(command.NAME, help=command.HELP, description=description)
+    command.add_arguments(parser)
+    parser.set_defaults(handler=command.run)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``petl`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="petl", description="Parameter-efficient tuning for Hugging Face models.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in SUBCOMMANDS:
-        add(subparsers)
+    for command in SUBCOMMANDS:
+        add_subcommand(subparsers, command)
     return parser
 
 

@@ -1,5 +1,9 @@
 """``petl bench``: every strategy against full fine-tuning, side by side.
 
+Train every strategy of a benchmark (and full fine-tuning) and measure them side by
+side. Without CONFIG, runs the built-in default: MiniLM on petl's synthetic sentiment
+data.
+
     petl bench                                  # the embedded default (MiniLM, synthetic sentiment)
     petl bench benchmarks/sst2_minilm.toml --output runs/sst2 --strategies lora,full --seeds 0,1
     petl bench --quick                          # a tiny budget: check every row runs
@@ -11,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+__all__ = ["HELP", "NAME", "add_arguments", "run"]
 
 
 def _names(text: str) -> list[str]:
@@ -31,14 +35,12 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def add_parser(subparsers: Any) -> None:
-    """Add ``petl bench`` to the ``petl`` command's subparsers."""
-    p = subparsers.add_parser(
-        "bench",
-        help="compare strategies against full fine-tuning: parameters, memory, step time, task metric",
-        description="Train every strategy of a benchmark (and full fine-tuning) and measure them side by side. "
-        "Without CONFIG, runs the built-in default: MiniLM on petl's synthetic sentiment data.",
-    )
+NAME = "bench"
+HELP = "compare strategies against full fine-tuning: parameters, memory, step time, task metric"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``petl bench``."""
     p.add_argument("config", nargs="?", help="a benchmark config (.toml or .json); default: the built-in benchmark")
     p.add_argument("--output", help="the run folder (default: runs/bench-<timestamp>)")
     p.add_argument("--strategies", type=_names, metavar="A,B",
@@ -49,7 +51,6 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config's device")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.set_defaults(handler=run)
 
 
 def _bench_config(args: argparse.Namespace) -> Any:

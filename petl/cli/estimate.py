@@ -1,5 +1,9 @@
 """``petl estimate``: trainable parameters and training memory per strategy, without loading weights.
 
+Build MODEL on the meta device (no memory), wrap it with each strategy and count. MODEL:
+a preset (llama-7b, llama-13b, llama-70b), a demo name (minilm, smollm2), a folder with
+config.json, a benchmark config (.toml/.json), or a Hub name (online).
+
     petl estimate llama-7b --strategy lora --set r=8 --strategy prefix --precision bf16
     petl estimate benchmarks/sst2_minilm.toml
 """
@@ -15,7 +19,7 @@ from petl.cli.common import parse_set
 from petl.errors import ConfigError
 from petl.tasks import TASKS
 
-__all__ = ["add_parser", "run", "strategies_from_items"]
+__all__ = ["HELP", "NAME", "add_arguments", "run", "strategies_from_items"]
 
 
 class _Ordered(argparse.Action):
@@ -28,15 +32,12 @@ class _Ordered(argparse.Action):
         setattr(namespace, self.dest, items)
 
 
-def add_parser(subparsers: Any) -> None:
-    """Add ``petl estimate`` to the ``petl`` command's subparsers."""
-    e = subparsers.add_parser(
-        "estimate",
-        help="trainable parameters and training memory per strategy, without loading weights",
-        description="Build MODEL on the meta device (no memory), wrap it with each strategy and count. "
-        "MODEL: a preset (llama-7b, llama-13b, llama-70b), a demo name (minilm, smollm2), a folder with "
-        "config.json, a benchmark config (.toml/.json), or a Hub name (online).",
-    )
+NAME = "estimate"
+HELP = "trainable parameters and training memory per strategy, without loading weights"
+
+
+def add_arguments(e: argparse.ArgumentParser) -> None:
+    """The options of ``petl estimate``."""
     e.add_argument("model", metavar="MODEL_OR_CONFIG")
     e.add_argument("--strategy", dest="items", action=_Ordered, metavar="NAME",
                    help="a strategy, or 'full' (repeatable; default: full and every registered strategy)")
@@ -49,7 +50,6 @@ def add_parser(subparsers: Any) -> None:
                    help="base precision(s) to estimate (repeatable; default: all three)")
     e.add_argument("--optimizer", default="adamw", metavar="{adamw,adamw8bit}")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    e.set_defaults(handler=run)
 
 
 def strategies_from_items(items: list[tuple[str, str]] | None) -> list[tuple[str, str, dict[str, Any]]] | None:

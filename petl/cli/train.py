@@ -1,5 +1,8 @@
 """``petl train``: fine-tune a model with a strategy (or in full) on a task's data.
 
+Fine-tune a Hugging Face model on CSV/TSV/JSONL/CoNLL data and write metrics.json, the
+best adapter (best/), checkpoints and a JSON-lines log to --output.
+
     petl train --model minilm --task sequence-classification \\
                --train train.tsv --validation validation.tsv \\
                --strategy lora --set r=8 --set alpha=16 \\
@@ -21,19 +24,17 @@ from petl.cli.common import FULL, parse_set
 from petl.errors import ConfigError
 from petl.tasks import TASKS
 
-__all__ = ["add_parser", "run"]
+__all__ = ["HELP", "NAME", "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
 
 
-def add_parser(subparsers: Any) -> None:
-    """Add ``petl train`` to the ``petl`` command's subparsers."""
-    p = subparsers.add_parser(
-        "train",
-        help="fine-tune a model with a strategy (or in full) on a task's data",
-        description="Fine-tune a Hugging Face model on CSV/TSV/JSONL/CoNLL data and write metrics.json, "
-        "the best adapter (best/), checkpoints and a JSON-lines log to --output.",
-    )
+NAME = "train"
+HELP = "fine-tune a model with a strategy (or in full) on a task's data"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``petl train``."""
     g = p.add_argument_group("model and data")
     g.add_argument("--model", required=True, help="a model folder or hub name, or 'minilm' / 'smollm2' (demo models)")
     g.add_argument("--tokenizer", help="the tokenizer's folder or name (default: the model's)")
@@ -79,7 +80,6 @@ def add_parser(subparsers: Any) -> None:
     t.add_argument("--logging-steps", type=int, default=10)
     t.add_argument("--log-with", help="also log to an Accelerate tracker: tensorboard")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(handler=run)
 
 
 def _train_config(args: argparse.Namespace) -> Any:

@@ -1,12 +1,16 @@
-"""Parameter accounting for wrapped and plain models."""
+"""Parameter accounting for wrapped and plain models, and loading tensors into them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-__all__ = ["ParameterCount", "count_parameters"]
+from petl.core.validators import check_state_dict
+
+__all__ = ["ParameterCount", "copy_checked", "count_parameters"]
 
 
 @dataclass(frozen=True)
@@ -41,3 +45,17 @@ def count_parameters(model: nn.Module) -> ParameterCount:
         if param.requires_grad:
             trainable += n
     return ParameterCount(trainable=trainable, total=total)
+
+
+def copy_checked(
+    targets: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], *, source: str, fix: str
+) -> None:
+    """Copy ``tensors`` into the model's ``targets`` (same keys, same shapes), or change nothing.
+
+    Every key and shape is checked first (:func:`~petl.core.validators.check_state_dict`),
+    so a mismatch raises a :class:`~petl.errors.CheckpointError` before any value is copied.
+    """
+    check_state_dict(targets, tensors, source=source, fix=fix)
+    with torch.no_grad():
+        for key, target in targets.items():
+            target.copy_(tensors[key])

@@ -204,16 +204,8 @@ def _columns(splits: _Splits, chosen: str | None, candidates: Sequence[str], **k
 
 
 def _sequence_classification(
-    splits: _Splits,
-    tokenizer: Any,
-    max_length: int,
-    *,
-    text_column: str | None,
-    text_pair_column: str | None,
-    label_column: str | None,
-    label_names: Sequence[str] | None,
-    num_labels: int | None,
-    **_: Any,
+    splits: _Splits, tokenizer: Any, max_length: int, *, text_column: str | None, text_pair_column: str | None,
+    label_column: str | None, label_names: Sequence[str] | None, num_labels: int | None, **_: Any,
 ) -> tuple[_Examples, Labels]:
     _, first = _first(splits)
     if text_column is None and text_pair_column is None:
@@ -248,15 +240,8 @@ def _sequence_classification(
 
 
 def _token_classification(
-    splits: _Splits,
-    tokenizer: Any,
-    max_length: int,
-    *,
-    text_column: str | None,
-    label_column: str | None,
-    label_names: Sequence[str] | None,
-    num_labels: int | None,
-    **_: Any,
+    splits: _Splits, tokenizer: Any, max_length: int, *, text_column: str | None, label_column: str | None,
+    label_names: Sequence[str] | None, num_labels: int | None, **_: Any,
 ) -> tuple[_Examples, Labels]:
     _, first = _first(splits)
     words = _columns(splits, text_column, _WORDS, role="tokens (words)", option="text_column")

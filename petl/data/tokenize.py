@@ -44,12 +44,7 @@ def _rows(encoding: Any, n: int) -> list[dict[str, Any]]:
 
 
 def sequence_classification(
-    tokenizer: Any,
-    texts: Sequence[str],
-    pairs: Sequence[str] | None,
-    labels: Sequence[int],
-    *,
-    max_length: int,
+    tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, labels: Sequence[int], *, max_length: int,
     desc: str,
 ) -> list[dict[str, Any]]:
     """Tokenise single sentences (``pairs=None``) or sentence pairs with their class ids."""
@@ -176,12 +171,7 @@ def causal_lm(
 
 
 def seq2seq(
-    tokenizer: Any,
-    sources: Sequence[str],
-    targets: Sequence[str],
-    *,
-    max_length: int,
-    desc: str,
+    tokenizer: Any, sources: Sequence[str], targets: Sequence[str], *, max_length: int, desc: str
 ) -> list[dict[str, Any]]:
     """Tokenise source texts as ``input_ids`` and target texts as ``labels``."""
     examples: list[dict[str, Any]] = []

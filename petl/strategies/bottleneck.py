@@ -60,6 +60,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from petl.core.config import StrategyConfig
+from petl.core.params import copy_checked
 from petl.core.registry import register
 from petl.core.strategy import StrategyBase
 from petl.core.validators import (
@@ -68,7 +69,6 @@ from petl.core.validators import (
     check_choice,
     check_number,
     check_positive_int,
-    check_state_dict,
     int_tuple,
     set_field,
 )
@@ -395,12 +395,8 @@ class BottleneckStrategy(StrategyBase):
         return state
 
     def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-        expected = self.adapter_state_dict(model)
-        check_state_dict(expected, state_dict, source="The bottleneck adapter tensors",
-                         fix="Load them onto a model wrapped with the same options.")
-        with torch.no_grad():
-            for key, param in expected.items():
-                param.copy_(state_dict[key])
+        copy_checked(self.adapter_state_dict(model), state_dict, source="The bottleneck adapter tensors",
+                     fix="Load them onto a model wrapped with the same options.")
 
     def remove(self, model: nn.Module) -> nn.Module:
         for record in reversed(self._injected):

@@ -144,19 +144,18 @@ class BestTracker:
     def should_stop(self) -> bool:
         return self.patience is not None and self.evaluations_without_improvement >= self.patience
 
+    _STATE = ("best_value", "best_step", "best_metrics", "evaluations_without_improvement")
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "best_value": self.best_value,
-            "best_step": self.best_step,
-            "best_metrics": self.best_metrics,
-            "evaluations_without_improvement": self.evaluations_without_improvement,
-        }
+        """What a checkpoint keeps to resume the tracking (plain JSON data)."""
+        return {name: getattr(self, name) for name in self._STATE}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best_value = state["best_value"]
-        self.best_step = state["best_step"]
-        self.best_metrics = dict(state["best_metrics"])
-        self.evaluations_without_improvement = int(state["evaluations_without_improvement"])
+        """Take back what :meth:`state_dict` returned."""
+        for name in self._STATE:
+            setattr(self, name, state[name])
+        self.best_metrics = dict(self.best_metrics)
+        self.evaluations_without_improvement = int(self.evaluations_without_improvement)
 
 
 EvaluatorFactory = Callable[[], TaskEvaluator]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from petl.bench import runner, worker
+from petl.cli import add_subcommand
 from petl.cli import bench as bench_cli
 from petl.cli import estimate as estimate_cli
 from petl.errors import ConfigError, DeviceError
@@ -19,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petl")
     subparsers = parser.add_subparsers(dest="command")
-    bench_cli.add_parser(subparsers)
-    estimate_cli.add_parser(subparsers)
+    add_subcommand(subparsers, bench_cli)
+    add_subcommand(subparsers, estimate_cli)
     return parser
 
 

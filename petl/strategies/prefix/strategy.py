@@ -51,9 +51,10 @@ from torch.nn import functional as F
 from transformers import PretrainedConfig
 
 from petl.core.config import StrategyConfig
+from petl.core.params import copy_checked
 from petl.core.registry import register
 from petl.core.strategy import StrategyBase
-from petl.core.validators import check, check_positive_int, check_state_dict, is_int, set_field
+from petl.core.validators import check, check_positive_int, is_int, set_field
 from petl.errors import ConfigError, PetlError, UnsupportedModelError
 from petl.strategies.prefix.attention import (
     SLOT_ATTR,
@@ -202,10 +203,7 @@ class PrefixStrategy(StrategyBase):
     handles_heads: ClassVar[bool] = False
     identity_at_init: ClassVar[bool] = False
     """The prefix changes every attention from the first step, so outputs differ at init."""
-    merge_refusal: ClassVar[str] = (
-        "its prefix adds key/value positions to every attention layer, which no change of the "
-        "existing weights can express"
-    )
+    merge_refusal: ClassVar[str] = "its prefix adds key/value positions to every attention: no weight change does that"
 
     config: PrefixConfig
 
@@ -291,12 +289,8 @@ class PrefixStrategy(StrategyBase):
         return {f"{MODULE_NAME}.{key}": value for key, value in self.encoder(model).state_dict().items()}
 
     def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-        expected = self.adapter_state_dict(model)
-        check_state_dict(expected, state_dict, source="The prefix tensors",
-                         fix="Load them onto a model wrapped with the same prefix options.")
-        with torch.no_grad():
-            for key, value in state_dict.items():
-                expected[key].copy_(value)
+        copy_checked(self.adapter_state_dict(model), state_dict, source="The prefix tensors",
+                     fix="Load them onto a model wrapped with the same prefix options.")
 
     def remove(self, model: nn.Module) -> nn.Module:
         self._detach(model)

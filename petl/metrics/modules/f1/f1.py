@@ -6,32 +6,21 @@ the classes seen in references or predictions, ``"micro"`` pools the counts,
 Load it with ``evaluate.load(str(petl.metrics.evaluate_module_path("f1")))``.
 """
 
-import datasets
 import evaluate
 
 from petl.metrics.classification import f1_score
-
-_DESCRIPTION = "F1 score, the harmonic mean of precision and recall, per class and averaged."
-_INPUTS = """
-Args:
-    predictions (list of int): Predicted labels.
-    references (list of int): True labels.
-    average (str): "macro" (default), "micro", "weighted" or "binary".
-    pos_label (int): The positive class for average="binary" (default 1).
-Returns:
-    f1 (float): The averaged F1, in [0, 1].
-"""
+from petl.metrics.modules import metric_info
 
 
 class F1(evaluate.Metric):
     """F1 of single-label predictions."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+        return metric_info(
+            "F1 score, the harmonic mean of precision and recall, per class and averaged.",
+            ['average (str): "macro" (default), "micro", "weighted" or "binary".',
+             'pos_label (int): The positive class for average="binary" (default 1).'],
+            ["f1 (float): The averaged F1, in [0, 1]."],
         )
 
     def _compute(

@@ -7,37 +7,22 @@ output keys follow the ``seqeval`` metric of the Hub: one dict per entity type, 
 Load it with ``evaluate.load(str(petl.metrics.evaluate_module_path("seqeval")))``.
 """
 
-import datasets
 import evaluate
 
+from petl.metrics.modules import metric_info
 from petl.metrics.ner import entity_scores
-
-_DESCRIPTION = "Entity-level precision, recall and F1 of sequence labelling (conlleval chunking)."
-_INPUTS = """
-Args:
-    predictions (list of list of str): Predicted tags of each sentence, e.g. [["B-PER", "I-PER", "O"]].
-    references (list of list of str): True tags, aligned with predictions.
-Returns:
-    <TYPE> (dict): precision, recall, f1 and number (reference entities) of each entity type.
-    overall_precision, overall_recall, overall_f1 (float): micro-averaged over entities.
-    overall_accuracy (float): Tag accuracy.
-"""
 
 
 class Seqeval(evaluate.Metric):
     """Entity-level scores of IOB-tagged sentences."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("string")),
-                    "references": datasets.Sequence(datasets.Value("string")),
-                }
-            ),
+        return metric_info(
+            "Entity-level precision, recall and F1 of sequence labelling (conlleval chunking).", [],
+            ["<TYPE> (dict): precision, recall, f1 and number (reference entities) of each entity type.",
+             "overall_precision, overall_recall, overall_f1 (float): micro-averaged over entities.",
+             "overall_accuracy (float): Tag accuracy."],
+            tags=True,
         )
 
     def _compute(self, predictions: list[list[str]], references: list[list[str]]) -> dict:
