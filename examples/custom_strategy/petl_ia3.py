@@ -22,6 +22,7 @@ from petl.core.params import copy_checked
 from petl.core.validators import check, set_field, str_tuple
 from petl.errors import TargetNotFoundError
 from petl.modeling import linear_dims
+from petl.strategies.hooks import HookedChild, map_first
 
 # Key and value projections across common families (feature scaling of attention, as in the paper).
 DEFAULT_TARGETS = ("k_proj", "v_proj", "key", "value", "k_lin", "v_lin", "k", "v", "c_attn", "query_key_value")
@@ -56,7 +57,8 @@ def _out_features(module: nn.Module) -> int | None:
 
 
 def _rescale(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    return output * getattr(module, SCALE).vector.to(output.dtype)
+    vector = getattr(module, SCALE).vector
+    return map_first(output, lambda out: out * vector.to(out.dtype))
 
 
 class IA3Strategy(petl.StrategyBase):
@@ -76,31 +78,28 @@ class IA3Strategy(petl.StrategyBase):
                 f"No module of this {type(model).__name__} is named one of {list(self.config.target_modules)}. "
                 "Pass target_modules=[...] with the leaf names of its key/value projections."
             )
-        self.names = [name for name, _ in targets]
-        self.handles = []
-        for _, module in targets:
-            module.add_module(SCALE, Scale(_out_features(module), module.weight))
-            self.handles.append(module.register_forward_hook(_rescale))
+        self.children = [
+            HookedChild.attach(model, name, SCALE, Scale(_out_features(module), module.weight), forward_hook=_rescale)
+            for name, module in targets
+        ]
 
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {f"{n}.{SCALE}.vector": model.get_submodule(n).get_submodule(SCALE).vector for n in self.names}
+        return {f"{child.path}.{SCALE}.vector": child.module(model).vector for child in self.children}
 
     def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         copy_checked(self.adapter_state_dict(model), state_dict, source="The (IA)^3 vectors",
                      fix="Load them onto a model wrapped with the same target_modules.")
 
     def remove(self, model: nn.Module) -> nn.Module:
-        for handle in self.handles:
-            handle.remove()
-        for name in self.names:
-            delattr(model.get_submodule(name), SCALE)
+        for child in self.children:
+            child.remove(model)
         return model
 
     def merge(self, model: nn.Module) -> nn.Module:
         with torch.no_grad():
-            for name in self.names:
-                module = model.get_submodule(name)
-                vector = module.get_submodule(SCALE).vector
+            for child in self.children:
+                module = model.get_submodule(child.path)
+                vector = child.module(model).vector
                 if isinstance(module, nn.Linear):
                     module.weight.mul_(vector[:, None])
                 else:  # Conv1D: output features are the weight's columns

@@ -52,12 +52,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from petl.core.config import StrategyConfig
 from petl.core.params import copy_checked
@@ -74,6 +73,7 @@ from petl.core.validators import (
 )
 from petl.errors import AlreadyWrappedError, ConfigError, UnsupportedModelError
 from petl.modeling import BlockInfo, find_blocks, linear_dims, parse_module_paths
+from petl.strategies.hooks import HookedChild, children_named, map_first, placement
 
 __all__ = ["ADAPTER_NAME", "BottleneckAdapter", "BottleneckConfig", "BottleneckStrategy"]
 
@@ -215,16 +215,9 @@ class BottleneckAdapter(nn.Module):
         return f"scaling={self.scaling}"
 
 
-def _map_first(output: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply ``fn`` to a module's output, or to the first item of a tuple output."""
-    if isinstance(output, tuple):
-        return (fn(output[0]), *output[1:])
-    return fn(output)
-
-
 def _sequential_hook(module: nn.Module, args: Any, output: Any) -> Any:
     adapter = module._modules[ADAPTER_NAME]
-    return _map_first(output, adapter)
+    return map_first(output, adapter)
 
 
 class _ParallelLink:
@@ -246,7 +239,7 @@ class _ParallelLink:
                 "pass module_paths with an 'ffn_input' that runs before 'ffn_output'."
             )
         adapter = module._modules[ADAPTER_NAME]
-        return _map_first(output, lambda out: adapter.add_to(out, x))
+        return map_first(output, lambda out: adapter.add_to(out, x))
 
 
 @dataclass(frozen=True)
@@ -260,25 +253,6 @@ class _Plan:
     block: str
     hidden_size: int
     bottleneck_size: int
-
-
-@dataclass
-class _Injected:
-    """One adapter petl added: where, and the hooks that drive it."""
-
-    path: str
-    handles: list[RemovableHandle] = field(default_factory=list)
-
-
-def _placement(target: nn.Module, block: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and floating-point dtype for an adapter on ``target`` (8-bit layers: the block's)."""
-    own = list(target.parameters(recurse=False))
-    device = own[0].device if own else next((p.device for p in block.parameters()), torch.device("cpu"))
-    weight = getattr(target, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
-        return device, weight.dtype
-    floats = (p.dtype for p in block.parameters() if p.is_floating_point())
-    return device, next(floats, torch.get_default_dtype())
 
 
 @register("bottleneck")
@@ -295,7 +269,7 @@ class BottleneckStrategy(StrategyBase):
 
     def __init__(self, config: BottleneckConfig) -> None:
         super().__init__(config)
-        self._injected: list[_Injected] = []
+        self._injected: list[HookedChild] = []
 
     def _plan(self, model: nn.Module) -> list[_Plan]:
         """Every adapter to add; raises before anything is changed when one cannot be."""
@@ -352,7 +326,7 @@ class BottleneckStrategy(StrategyBase):
         return plans
 
     def inject(self, model: nn.Module) -> None:
-        existing = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] == ADAPTER_NAME]
+        existing = children_named(model, ADAPTER_NAME)
         if self._injected or existing:
             raise AlreadyWrappedError(
                 f"This {type(model).__name__} already carries bottleneck adapters "
@@ -370,27 +344,23 @@ class BottleneckStrategy(StrategyBase):
     def _add(self, model: nn.Module, plan: _Plan) -> None:
         c = self.config
         target = model.get_submodule(plan.path)
-        device, dtype = _placement(target, model.get_submodule(plan.block))
+        device, dtype = placement(target, model.get_submodule(plan.block))
         adapter = BottleneckAdapter(
             plan.hidden_size, plan.bottleneck_size, non_linearity=c.non_linearity, scaling=c.effective_scaling,
             dropout=c.dropout, device=device, dtype=dtype,
         )
-        adapter.train(target.training)  # a new module starts in training mode; follow the model's mode
-        record = _Injected(plan.path)
-        self._injected.append(record)
-        target.add_module(ADAPTER_NAME, adapter)
         if plan.ffn_input is not None:
             link = _ParallelLink()
-            record.handles.append(model.get_submodule(plan.ffn_input).register_forward_pre_hook(link.capture))
-            record.handles.append(target.register_forward_hook(link.add))
+            record = HookedChild.attach(model, plan.path, ADAPTER_NAME, adapter, forward_hook=link.add,
+                                        pre_hooks={plan.ffn_input: link.capture})
         else:
-            record.handles.append(target.register_forward_hook(_sequential_hook))
+            record = HookedChild.attach(model, plan.path, ADAPTER_NAME, adapter, forward_hook=_sequential_hook)
+        self._injected.append(record)
 
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
         for record in self._injected:
-            adapter = model.get_submodule(f"{record.path}.{ADAPTER_NAME}")
-            for name, param in adapter.named_parameters():
+            for name, param in record.module(model).named_parameters():
                 state[f"{record.path}.{ADAPTER_NAME}.{name}"] = param.detach()
         return state
 
@@ -400,12 +370,6 @@ class BottleneckStrategy(StrategyBase):
 
     def remove(self, model: nn.Module) -> nn.Module:
         for record in reversed(self._injected):
-            for handle in record.handles:
-                handle.remove()
-            try:
-                target = model.get_submodule(record.path)
-            except AttributeError:
-                continue
-            target._modules.pop(ADAPTER_NAME, None)
+            record.remove(model)
         self._injected.clear()
         return model
