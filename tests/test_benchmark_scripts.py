@@ -44,3 +44,13 @@ def test_bottleneck_step_time_script(tmp_path: Path) -> None:
     assert result["variants"]["full fine-tuning"]["ratio_to_full"] == 1.0
     assert result["target"]["met"] == (result["target"]["measured_ratio"] <= 0.85)
     _check_environment(result, (tmp_path / "bottleneck_step_time.md").read_text())
+
+
+def test_import_time_script(tmp_path: Path) -> None:
+    _run("import_time.py", "--runs", "1", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "import_time.json").read_text())
+    (mine,) = result["checkouts"]
+    assert set(mine) >= {"python -c pass", "import petl", "petl --help", "slowest_imports"}
+    assert 0 < mine["python -c pass"]["median_s"] <= mine["import petl"]["median_s"]
+    assert not any(row["module"].startswith(("torch", "transformers", "peft")) for row in mine["slowest_imports"])
+    _check_environment(result, (tmp_path / "import_time.md").read_text())
