@@ -28,11 +28,10 @@ __all__ = [
     "run_benchmark",
 ]
 
-# Imported on first use, so that building the `petl` command line (which imports
-# petl.cli.bench) stays fast: the harness pulls in datasets, transformers and friends.
+# Imported on first use: the harness pulls in datasets, transformers and friends.
 _HOMES = {
     "BenchConfig": "petl.bench.config",
-    "StrategySpec": "petl.bench.config",
+    "StrategySpec": "petl.bench.schema",
     "load_config": "petl.bench.config",
     "default_config": "petl.bench.defaults",
     "BenchResult": "petl.bench.results",
