@@ -130,3 +130,14 @@ def test_library_code_never_imports_the_cli() -> None:
     library = [p for p in _modules() if _subsystem(p) not in ("cli", "__main__")]
     offenders = [str(p.relative_to(PACKAGE)) for p in library if "cli" in _petl_imports(p)]
     assert offenders == []
+
+
+@pytest.mark.parametrize("package", ["petl", "petl.bench"])
+def test_lazy_exports_resolve(package: str) -> None:
+    import importlib
+
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        value = getattr(module, name)
+        home = module._HOMES[name]
+        assert getattr(value, "__module__", home).startswith(home), (package, name, value)
