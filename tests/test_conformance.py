@@ -3,29 +3,47 @@
 Runs over ``petl.available()``, so a new built-in strategy (or an installed plugin)
 is checked without editing this file. A strategy that cannot handle a model must
 say so with ``UnsupportedModelError`` and leave the model untouched.
+
+Which models the built-in strategies handle is declared here, not inferred: a built-in
+must wrap every architecture of ``tiny_models.CASES`` except those listed in
+``EXPECTED_UNSUPPORTED`` (a refusal of any other fails the case). A listed pair that
+starts to wrap is reported with a ``UserWarning`` (and then has to keep the whole
+contract). A plugin has no declarations: it may refuse a model, but not every model.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import tiny_models as T
 import torch
 
 import petl
+from petl.core.io import adapter_tensors
+from petl.core.wrapping import is_wrapped, state_of
 from petl.errors import AlreadyWrappedError, NotMergeableError, UnsupportedModelError
-from petl.io import adapter_tensors
-from petl.wrapping import is_wrapped, state_of
 
 STRATEGIES = petl.available()
 CASES = [pytest.param(s, a, h, id=f"{s}-{a}-{h}") for s in STRATEGIES for a, h in T.CASES]
+
+BUILTINS = ("adalora", "bottleneck", "lora", "prefix")
+"""The strategies petl ships: their support of each architecture is declared below."""
+
+EXPECTED_UNSUPPORTED: dict[tuple[str, str], str] = {
+    # (strategy, architecture of tiny_models.ARCH_HEADS): why it may raise UnsupportedModelError.
+    # Empty: every built-in wraps every architecture and head of tiny_models.CASES (checked by
+    # wrapping all of them; none raises UnsupportedModelError).
+}
+"""Built-in (strategy, architecture) pairs that may refuse; every other built-in pair must wrap."""
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _wrap_or_unsupported(model: torch.nn.Module, strategy: str) -> bool:
-    """Wrap; on UnsupportedModelError check the model is untouched and report False."""
+def _wrap_or_unsupported(model: torch.nn.Module, strategy: str) -> UnsupportedModelError | None:
+    """Wrap; on UnsupportedModelError check the model is untouched and return the error."""
     before = _snapshot(model)
     classes = [type(m) for m in model.modules()]
     try:
@@ -36,8 +54,36 @@ def _wrap_or_unsupported(model: torch.nn.Module, strategy: str) -> bool:
         assert [type(m) for m in model.modules()] == classes
         after = model.state_dict()
         assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
-        return False
-    return True
+        return exc
+    return None
+
+
+def _expected_support(strategy: str, arch: str) -> bool | None:
+    """True: must wrap; False: declared unsupported; None: no declaration (a plugin)."""
+    if strategy not in BUILTINS:
+        return None
+    return (strategy, arch) not in EXPECTED_UNSUPPORTED
+
+
+def _wrap_as_declared(model: torch.nn.Module, strategy: str, arch: str) -> bool:
+    """Wrap and hold the outcome against the declarations; True when the model is wrapped.
+
+    A declared-supported pair that refuses fails; a declared-unsupported pair that wraps
+    warns; a plugin's refusal (model untouched) is accepted.
+    """
+    refusal = _wrap_or_unsupported(model, strategy)
+    expected = _expected_support(strategy, arch)
+    if refusal is not None and expected:
+        pytest.fail(
+            f"{strategy!r} is declared to support {arch!r} but refused {type(model).__name__}: {refusal}\n"
+            f"Fix the strategy, or add ({strategy!r}, {arch!r}) with the reason to EXPECTED_UNSUPPORTED."
+        )
+    if refusal is None and expected is False:
+        warnings.warn(UserWarning(
+            f"{strategy!r} now wraps {arch!r} ({type(model).__name__}), which EXPECTED_UNSUPPORTED declares "
+            f"unsupported ({EXPECTED_UNSUPPORTED[strategy, arch]}): remove the entry from the table."
+        ), stacklevel=2)
+    return refusal is None
 
 
 def _train_steps(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int = 2) -> None:
@@ -67,7 +113,7 @@ def test_lifecycle(strategy: str, arch: str, head: str, tmp_path) -> None:
     base_classes = [type(m) for m in model.modules()]
     base_params = dict(model.named_parameters())
     requires_grad = {n: p.requires_grad for n, p in base_params.items()}
-    if not _wrap_or_unsupported(model, strategy):
+    if not _wrap_as_declared(model, strategy, arch):
         return
     cls = type(state_of(model).strategy)
 
@@ -116,7 +162,7 @@ def test_lifecycle(strategy: str, arch: str, head: str, tmp_path) -> None:
 def test_merge(strategy: str, arch: str, head: str) -> None:
     model = T.build(arch, head)
     batch = T.inputs(arch, head)
-    if not _wrap_or_unsupported(model, strategy):
+    if not _wrap_as_declared(model, strategy, arch):
         return
     _train_steps(model, batch)
     wrapped_logits = T.logits(model, batch)
@@ -130,3 +176,73 @@ def test_merge(strategy: str, arch: str, head: str) -> None:
     assert not is_wrapped(merged)
     assert not any("lora_" in name for name, _ in merged.named_parameters())
     torch.testing.assert_close(T.logits(merged, batch), wrapped_logits, atol=1e-5, rtol=1e-5)
+
+
+def _refusals(strategy: str) -> dict[tuple[str, str], str]:
+    """Wrap a fresh model of every case; the (arch, head) cases ``strategy`` refused, with its messages."""
+    refused = {}
+    for arch, head in T.CASES:
+        refusal = _wrap_or_unsupported(T.build(arch, head), strategy)
+        if refusal is not None:
+            refused[arch, head] = str(refusal)
+    return refused
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_supports_some_model(strategy: str) -> None:
+    # Without this, a plugin refusing every model would pass the whole table above.
+    refused = _refusals(strategy)
+    assert len(refused) < len(T.CASES), f"{strategy!r} refuses every tiny model: {refused}"
+    if strategy in BUILTINS:
+        declared = {arch for s, arch in EXPECTED_UNSUPPORTED if s == strategy}
+        undeclared = {case: why for case, why in refused.items() if case[0] not in declared}
+        assert not undeclared, f"{strategy!r} refuses models declared supported: {undeclared}"
+
+
+def test_the_declarations_cover_the_builtins_and_name_real_architectures() -> None:
+    assert set(BUILTINS) <= set(STRATEGIES), "a built-in is no longer registered: its rows would vanish silently"
+    for (strategy, arch), reason in EXPECTED_UNSUPPORTED.items():
+        assert strategy in BUILTINS, f"{strategy!r}: only built-ins are declared"
+        assert arch in T.ARCH_HEADS, f"{arch!r} is not an architecture of tiny_models"
+        assert reason.strip(), f"({strategy!r}, {arch!r}) needs a reason"
+
+
+# -- the declarations can fail: the outcomes, checked on a forced refusal --------------------------
+
+
+def _refuse(model: torch.nn.Module, strategy: str, **options: object) -> torch.nn.Module:
+    raise UnsupportedModelError(f"{strategy} cannot handle {type(model).__name__} (forced by the test)")
+
+
+def test_a_refusal_of_a_pair_declared_supported_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(petl, "wrap", _refuse)
+    with pytest.raises(pytest.fail.Exception, match="declared to support 'bert'"):
+        _wrap_as_declared(T.build("bert", "seq-cls"), "lora", "bert")
+
+
+def test_a_declared_refusal_is_accepted_and_an_unexpected_wrap_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(EXPECTED_UNSUPPORTED, ("lora", "bert"), "declared by the test")
+    model = T.build("bert", "seq-cls")
+    with pytest.warns(UserWarning, match="now wraps 'bert'.*declared by the test"):
+        assert _wrap_as_declared(model, "lora", "bert")
+    assert is_wrapped(model)
+    monkeypatch.setattr(petl, "wrap", _refuse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not _wrap_as_declared(T.build("bert", "seq-cls"), "lora", "bert")
+
+
+def test_a_plugin_may_refuse_some_models_but_not_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_wrap = petl.wrap
+
+    def refuse_bert(model: torch.nn.Module, strategy: str, **options: object) -> torch.nn.Module:
+        if model.config.model_type == "bert":
+            _refuse(model, strategy)
+        return real_wrap(model, "lora", **options)
+
+    monkeypatch.setattr(petl, "wrap", refuse_bert)
+    assert not _wrap_as_declared(T.build("bert", "seq-cls"), "some-plugin", "bert")
+    assert set(_refusals("some-plugin")) == {("bert", "seq-cls"), ("bert", "token-cls")}
+    monkeypatch.setattr(petl, "wrap", _refuse)
+    with pytest.raises(AssertionError, match="refuses every tiny model"):
+        test_every_strategy_supports_some_model("some-plugin")

@@ -10,8 +10,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
+import tiny_models as T
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -61,11 +63,25 @@ def test_custom_strategy_plugin_installs_and_passes_conformance(tmp_path: Path) 
     out = _run([str(EXAMPLES / "custom_strategy" / "demo.py")], tmp_path, PYTHONPATH=pythonpath)
     assert "ia3" in out.split("registered strategies:")[1].splitlines()[0]
     assert "merged back into a plain BertForSequenceClassification" in out
+    report = tmp_path / "conformance.xml"
     conformance = _run(
-        ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_conformance.py"), "-k", "ia3"],
+        ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_conformance.py"), "-k", "ia3",
+         f"--junitxml={report}"],
         tmp_path, PYTHONPATH=pythonpath,
     )
-    assert "40 passed" in conformance, conformance[-2000:]
+    # Every lifecycle and merge case of the table, and the check that some model is supported.
+    expected = {f"{test}[ia3-{arch}-{head}]" for test in ("test_lifecycle", "test_merge") for arch, head in T.CASES}
+    expected.add("test_every_strategy_supports_some_model[ia3]")
+    assert len(expected) == 2 * len(T.CASES) + 1
+    suite = ElementTree.parse(report).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
+    assert counts == {"tests": len(expected), "failures": 0, "errors": 0, "skipped": 0}, conformance[-2000:]
+    passed = {case.get("name") for case in suite.iter("testcase") if len(case) == 0 or
+              all(child.tag in ("system-out", "system-err", "properties") for child in case)}
+    assert passed == expected, (sorted(expected - passed), sorted(passed - expected))
+    summary = conformance.strip().splitlines()[-1]
+    assert f"{len(expected)} passed" in summary and "failed" not in summary and "error" not in summary, summary
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")))

@@ -1,7 +1,7 @@
 """Memory and size measurements of one benchmark process.
 
 On the CPU, a run's memory is the peak resident set size of the fresh process it
-runs in: ``getrusage(RUSAGE_SELF).ru_maxrss`` (kibibytes on Linux, bytes on macOS),
+runs in (:func:`peak_rss_mib`: ``VmHWM`` on Linux, ``ru_maxrss`` elsewhere),
 read once the data is tokenised and the model loaded and wrapped, and once after
 training, so that
 
@@ -29,7 +29,19 @@ MIB = 1024 * 1024
 
 
 def peak_rss_mib() -> float:
-    """The peak resident memory of this process so far, in MiB."""
+    """The peak resident memory of this process so far, in MiB.
+
+    On Linux this is ``VmHWM`` from ``/proc/self/status``: ``getrusage``'s ``ru_maxrss``
+    survives ``fork`` and ``exec``, so a worker started by a large process (a notebook
+    kernel, a test runner) would report its parent's peak instead of its own.
+    Elsewhere it is ``ru_maxrss`` (kibibytes on Linux-likes, bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii", errors="replace").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / MIB if sys.platform == "darwin" else peak / 1024
 
