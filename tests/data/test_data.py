@@ -25,7 +25,7 @@ from petl.data import (
 from petl.errors import ConfigError, PetlError
 from petl.modeling.demo import minilm_path
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CLS, SEP, PAD = 101, 102, 0  # MiniLM's (BERT uncased) special ids
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tiny_models as tm
 import torch
-from train_worker import task_data
+from tiny_data import task_data
 
 import petl
 from petl.errors import CheckpointError

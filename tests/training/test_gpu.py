@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import tiny_models as tm
 import torch
-from train_worker import task_data
+from tiny_data import task_data
 
 import petl
 from petl.training import TrainConfig, train

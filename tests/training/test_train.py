@@ -14,7 +14,7 @@ import pytest
 import tiny_models as tm
 import torch
 import transformers as tf
-from train_worker import task_data
+from tiny_data import task_data
 
 import petl
 from petl.errors import ConfigError, PetlError
@@ -452,8 +452,9 @@ def test_lora_on_a_slice_of_sst2_beats_a_floor(shared_data: Path, minilm_tokeniz
     data = load_task_data("sequence-classification", sst2 / "train.tsv", sst2 / "validation.tsv",
                           tokenizer=minilm_tokenizer, max_length=64, limit=512)
     data.eval = torch.utils.data.Subset(data.eval, range(400))
+    torch.manual_seed(0)  # the fresh head and LoRA's A matrices are drawn before petl.train seeds its own run
     model = tf.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
     petl.wrap(model, "lora", r=8, alpha=16)
     result = train(model, data, config=TrainConfig(epochs=1, batch_size=32, learning_rate=1e-2, progress_bar=False))
     assert result.global_step == 16
-    assert result.metrics["eval_accuracy"] >= SST2_FLOOR
+    assert result.metrics["eval_accuracy"] >= SST2_FLOOR, result.metrics

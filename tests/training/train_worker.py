@@ -5,7 +5,7 @@ classifier and writes, for its rank, a JSON report outside the training output f
 the step losses, a digest of every adapter tensor, and every file write it saw under
 the output folder (through a Python audit hook), so the test can tell which rank wrote.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/train_worker.py OUTPUT_DIR REPORT_DIR
+    python -m torch.distributed.run --nproc_per_node 2 tests/training/train_worker.py OUTPUT_DIR REPORT_DIR
 """
 
 from __future__ import annotations
@@ -15,50 +15,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: tiny_models, tiny_data
 
 import tiny_models as tm  # noqa: E402
-
-from petl.data import Collator, TaskData, TokenizedDataset  # noqa: E402
-
-TAGS = ["O", "B-X", "I-X"]
-
-
-def _examples(task: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` examples whose labels follow a simple rule of the tokens, so they can be learned."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        length = int(torch.randint(4, 9, (1,), generator=g))
-        ids = torch.randint(3, tm.VOCAB, (length,), generator=g).tolist()
-        item: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * length}
-        if task == "sequence-classification":
-            item["labels"] = ids[0] % tm.NUM_LABELS
-        elif task == "token-classification":
-            item["labels"] = [i % tm.NUM_LABELS for i in ids]
-        elif task == "causal-lm":
-            item["labels"] = [-100, -100] + ids[2:]  # a two-token prompt without loss
-        else:  # seq2seq: copy the first tokens
-            item["labels"] = ids[:3]
-        out.append(item)
-    return out
-
-
-def task_data(task: str, n_train: int = 24, n_eval: int = 12, pad_id: int = 0) -> TaskData:
-    """A ``TaskData`` of random token ids for ``task`` (ids below ``tests.tiny_models.VOCAB``)."""
-    classification = task in ("sequence-classification", "token-classification")
-    return TaskData(
-        train=TokenizedDataset(_examples(task, n_train, seed=1)),
-        eval=TokenizedDataset(_examples(task, n_eval, seed=2)) if n_eval else None,
-        collator=Collator(pad_id),
-        task=task,
-        num_labels=tm.NUM_LABELS if classification else None,
-        label_names=TAGS if classification else None,
-    )
+from tiny_data import task_data  # noqa: E402
 
 
 def digest(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
