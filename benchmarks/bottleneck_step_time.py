@@ -33,9 +33,9 @@ from torch import nn
 import petl
 from petl.bench.environment import collect_environment, environment_section, load_average
 from petl.files import atomic_write_text
+from petl.modeling.demo import minilm_path
 from petl.training import TrainConfig
 from petl.training.step import StepRunner
-from petl.modeling.demo import minilm_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
