@@ -59,7 +59,9 @@ def _slowest_imports(checkout: Path, count: int = 8) -> list[dict[str, object]]:
 
 def measure(checkout: Path, runs: int) -> dict[str, object]:
     """Median, minimum and maximum wall seconds of each command, and the slowest imports."""
-    out: dict[str, object] = {"checkout": str(checkout)}
+    git = ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, capture_output=True, text=True)
+    out: dict[str, object] = {"checkout": str(checkout), "commit": commit.stdout.strip() or None}
     for name, args in COMMANDS.items():
         samples = _time(args, checkout, runs)
         out[name] = {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples)}
@@ -70,10 +72,10 @@ def measure(checkout: Path, runs: int) -> dict[str, object]:
 def write_markdown(result: dict, path: Path) -> None:
     lines = ["# Start-up time: `import petl` and `petl --help`", "",
              f"Fresh interpreters, one warm-up then the median of {result['runs']} runs each (seconds).", "",
-             "| checkout | python -c pass | import petl | petl --help |", "| --- | ---: | ---: | ---: |"]
+             "| checkout | commit | python -c pass | import petl | petl --help |", "| --- | --- | ---: | ---: | ---: |"]
     for item in result["checkouts"]:
         cells = [f"{item[c]['median_s']:.3f}" for c in COMMANDS]
-        lines.append(f"| {item['label']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {item['label']} | {item['commit'] or '?'} | " + " | ".join(cells) + " |")
     for item in result["checkouts"]:
         lines += ["", f"Slowest imports under `import petl` ({item['label']}, `python -X importtime`, cumulative ms):",
                   ""]
@@ -91,7 +93,7 @@ def main() -> None:
     environment = collect_environment()
     checkouts = [("this checkout", ROOT)]
     if args.other:
-        checkouts.append((f"other: {args.other}", args.other.resolve()))
+        checkouts.append(("other checkout", args.other.resolve()))
     result = {"runs": args.runs, "environment": environment,
               "checkouts": [{"label": label, **measure(path, args.runs)} for label, path in checkouts]}
     environment["load_average_end"] = load_average()
