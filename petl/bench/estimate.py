@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from petl.core.validators import check_non_negative_int, check_positive_int
 from petl.errors import ConfigError, PetlError, suggest
 from petl.modeling.layers import linear_dims
 from petl.modeling.loading import task_of_config
@@ -168,6 +169,11 @@ def resolve_model_config(source: str) -> tuple[Any, str]:
             f"{exc}{suggest(key, names)} Or pass a benchmark config (.toml/.json), a Hub name (online), "
             f"or one of: {', '.join(names)}."
         ) from exc
+    except Exception as exc:  # transformers validating the values it read, e.g. a string where an int belongs
+        raise PetlError(
+            f"The model config of {source!r} holds an invalid value: {type(exc).__name__}: {_one_line(exc)}. "
+            "Fix that value in its config.json."
+        ) from exc
     return config, str(path) if path.exists() else f"hub model {source}"
 
 
@@ -177,6 +183,31 @@ def _build(config: Any, task: str, device: str) -> nn.Module:
     auto = getattr(transformers, auto_class_name(task))
     with torch.device(device):
         return auto.from_config(config)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (transformers' validation errors span several)."""
+    return " ".join(str(exc).split())
+
+
+def _check_buildable(config: Any, task: str, description: str) -> int:
+    """The parameter count of the model ``config`` describes, built on the meta device.
+
+    Raises:
+        PetlError: The config's values do not make a model (a negative size, zero heads, ...).
+    """
+    from petl.core.params import count_parameters
+
+    try:
+        return count_parameters(_build(config, task, "meta")).total
+    except PetlError:
+        raise
+    except Exception as exc:  # raised by transformers or torch from a value of the config
+        raise PetlError(
+            f"Cannot build the {task} model ({auto_class_name(task)}) that the config of {description} describes: "
+            f"{type(exc).__name__}: {_one_line(exc)}. Fix the value in its config.json (sizes and head counts must be "
+            "positive integers that divide evenly), or pass --task / task= for another head."
+        ) from exc
 
 
 def _quantized_weights(model: nn.Module) -> dict[int, int]:
@@ -239,6 +270,21 @@ def _wrap_and_measure(config: Any, task: str, name: str, options: dict[str, Any]
     return count.trainable, count.total, memory
 
 
+def _materialised(config: Any, task: str, label: str, name: str, options: dict[str, Any],
+                  precisions: Sequence[str], optimizer: str, description: str) -> tuple[int, int, list[MemoryEstimate]]:
+    """:func:`_wrap_and_measure` on a real CPU copy; a failure that is not a :class:`PetlError` gets context."""
+    try:
+        return _wrap_and_measure(config, task, name, options, "cpu", precisions, optimizer)
+    except PetlError:
+        raise
+    except Exception as exc:
+        raise PetlError(
+            f"Counting {label!r} ({name}) on a real copy of {description} failed: {type(exc).__name__}: "
+            f"{_one_line(exc)}. "
+            "Check the strategy's options against this model, or leave this strategy out."
+        ) from exc
+
+
 def estimate(
     source: str,
     strategies: Sequence[tuple[str, str, dict[str, Any]]] | None = None,
@@ -263,11 +309,16 @@ def estimate(
             wrap it on the meta device and it has at most this many parameters.
 
     Raises:
-        PetlError: The model config cannot be read, or an option is invalid.
+        ConfigError: An option (``num_labels``, a precision, a strategy's option) is invalid;
+            raised before any model is built.
+        PetlError: The model config cannot be read or builds no model, or a strategy fails on
+            the real model too. A strategy that only cannot be counted (it needs real tensors
+            and the model is larger than ``materialize_limit``) gets a row ``error`` instead.
     """
     from petl.core import registry
-    from petl.core.params import count_parameters
 
+    check_positive_int("num_labels", num_labels)
+    check_non_negative_int("materialize_limit", materialize_limit)
     for precision in precisions:
         if precision not in PRECISIONS:
             raise ConfigError(f"Unknown precision {precision!r}.{suggest(precision, PRECISIONS)} "
@@ -278,7 +329,11 @@ def estimate(
     config, description = resolve_model_config(source)
     task = check_task(task or task_of_config(config))
     if task in CLASSIFICATION_TASKS:
-        config.num_labels = num_labels
+        try:
+            config.num_labels = num_labels
+        except Exception as exc:  # the config's own label fields (id2label) disagree with it
+            raise PetlError(f"Cannot set num_labels={num_labels} on the config of {description}: {exc}") from exc
+    size = _check_buildable(config, task, description)
     if strategies is None:
         strategies = [("full", "full", {})] + [(n, n, {}) for n in registry.available()]
     rows = []
@@ -290,16 +345,15 @@ def estimate(
             row.trainable, row.total, row.memory = _wrap_and_measure(
                 config, task, name, options, "meta", precisions, optimizer)
             row.method = "meta"
-        except PetlError as exc:
-            size = count_parameters(_build(config, task, "meta")).total
+        except Exception as exc:  # a strategy that needs real tensors fails in its own way on meta ones
             if size > materialize_limit:
                 row.error = (f"cannot be counted on the meta device ({exc}); the model has {size:,} parameters, "
                              f"more than the {materialize_limit:,} petl builds for real to count")
                 logger.warning("%s: %s", label, row.error)
             else:
                 logger.info("%s needs real tensors to wrap (%s); counting on a materialised copy.", label, exc)
-                row.trainable, row.total, row.memory = _wrap_and_measure(
-                    config, task, name, options, "cpu", precisions, optimizer)
+                row.trainable, row.total, row.memory = _materialised(
+                    config, task, label, name, options, precisions, optimizer, description)
                 row.method = "materialised"
         rows.append(row)
     return EstimateReport(model=description, task=task, config_class=type(config).__name__, rows=rows)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from petl.cli.common import parse_set
+from petl.core.validators import check_positive_int
 from petl.errors import ConfigError
 from petl.tasks import TASKS
 
@@ -45,7 +46,7 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
                    help="an option of the --strategy before it (repeatable), e.g. --strategy lora --set r=16")
     e.add_argument("--task", choices=TASKS,
                    help="the model's head (default: from the config)")
-    e.add_argument("--num-labels", type=int, default=2, help="classes of a classification head (2)")
+    e.add_argument("--num-labels", type=int, default=2, help="classes of a classification head, 1 or more (2)")
     e.add_argument("--precision", action="append", metavar="{fp32,bf16,int8}",
                    help="base precision(s) to estimate (repeatable; default: all three)")
     e.add_argument("--optimizer", default="adamw", metavar="{adamw,adamw8bit}")
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     """``petl estimate``: print the parameter and memory table (or JSON)."""
     from petl.bench.estimate import PRECISIONS, estimate, format_estimate
 
+    check_positive_int("--num-labels", args.num_labels)  # before a benchmark config is read or a model built
     source, config_rows, config_task = _estimate_source(args.model)
     rows = strategies_from_items(args.items) or config_rows
     report = estimate(source, rows, task=args.task or config_task, num_labels=args.num_labels,

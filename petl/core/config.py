@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from petl.core.validators import reject_unknown, set_field, str_tuple
-from petl.errors import ConfigError
+from petl.errors import ConfigError, PetlError
 
 __all__ = ["StrategyConfig"]
 
@@ -51,11 +51,21 @@ class StrategyConfig:
         Raises:
             ConfigError: An option is unknown or has an invalid value.
         """
+        if not isinstance(options, Mapping):
+            raise ConfigError(
+                f"The options of the {cls.strategy!r} strategy must be a mapping of option names to values, "
+                f"got {type(options).__name__} {options!r}."
+            )
         reject_unknown(options, cls.option_names(), f"an option of the {cls.strategy!r} strategy")
         try:
             return cls(**options)
-        except TypeError as exc:  # e.g. a value of the wrong type reaching a comparison
-            raise ConfigError(f"Invalid options for the {cls.strategy!r} strategy: {exc}") from exc
+        except PetlError:
+            raise
+        except (TypeError, ValueError, ArithmeticError) as exc:  # a value of the wrong type reaching a check
+            raise ConfigError(
+                f"Invalid options for the {cls.strategy!r} strategy: {exc} (got {dict(options)!r}). "
+                f"Check the values against the docstring of {cls.__name__}."
+            ) from exc
 
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON-ready values (tuples become lists)."""

@@ -7,6 +7,7 @@ must lie in ``[0, num_labels)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,15 +65,68 @@ def pick_column(
 
 
 def text_values(dataset: datasets.Dataset, column: str, *, split: str) -> list[str]:
-    """The values of a text column, checked to be strings."""
+    """The values of a text column, checked to be strings.
+
+    An empty string is kept: tokenizers encode it as just their special tokens (``[CLS] [SEP]``),
+    which a model reads like any other input, and an empty completion or target teaches the
+    model to stop. A missing value (``None``, as JSON's ``null`` or a JSON line without the key
+    reads, or a float NaN) is an error, as is any other non-string.
+
+    Raises:
+        DataError: A value is missing or not a string; the message names the row (counted from 0).
+    """
     values = list(dataset[column])
     for index, value in enumerate(values):
+        if _is_missing(value):
+            raise DataError(
+                f"Row {index} of the {split} data (counting from 0) has no text in column {column!r} "
+                f"(got {value!r}). Fill in its text or drop that row."
+            )
         if not isinstance(value, str):
             raise DataError(
-                f"Row {index} of the {split} data has {value!r} ({type(value).__name__}) in the text column "
-                f"{column!r}; every value must be a string. Fix or drop that row, or pick another column."
+                f"Row {index} of the {split} data (counting from 0) has {value!r} ({type(value).__name__}) in the "
+                f"text column {column!r}; every value must be a string. Fix or drop that row, or pick another column."
             )
     return values
+
+
+def _is_missing(value: Any) -> bool:
+    """``None`` or a float NaN (what pandas reads for an empty cell): no value at all."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return False
+
+
+def _is_blank(value: Any) -> bool:
+    return _is_missing(value) or (isinstance(value, str) and value.strip() == "")
+
+
+def _check_no_missing(splits: dict[str, list[Any]], column: str, nested: bool) -> None:
+    """Raise a :class:`LabelError` at the first example without a label (or a word without a tag)."""
+    for split, values in splits.items():
+        for index, row in enumerate(values):
+            if nested:
+                if _is_missing(row):
+                    raise LabelError(
+                        f"Row {index} of the {split} data (counting from 0) has no tags in column {column!r} "
+                        f"(got {row!r}). Give every word a tag, or drop that row."
+                    )
+                if not isinstance(row, (list, tuple)):
+                    continue  # the caller reports rows that are not lists
+                word = next((i for i, tag in enumerate(row) if _is_blank(tag)), None)
+                if word is not None:
+                    raise LabelError(
+                        f"Row {index} of the {split} data (counting from 0) has no tag for word {word} in column "
+                        f"{column!r} (got {row[word]!r}). Give every word a tag, or drop that row."
+                    )
+            elif _is_blank(row):
+                raise LabelError(
+                    f"Row {index} of the {split} data (counting from 0) has no label in column {column!r} "
+                    f"(got {row!r}: an empty cell, null or a missing key). Fill in its label or drop that row; "
+                    "every example needs one, and an empty label is not a class."
+                )
 
 
 def class_names(dataset: datasets.Dataset | None, column: str) -> list[str] | None:
@@ -123,7 +177,8 @@ def encode_labels(
         The ids per split (same nesting) and the :class:`Labels`.
 
     Raises:
-        LabelError: Labels of mixed or unusable type, unknown names, or ids out of range.
+        LabelError: A missing label (``None``, NaN, an empty or blank string: an empty CSV cell),
+            labels of mixed or unusable type, unknown names, or ids out of range.
         ConfigError: ``label_names`` and ``num_labels`` disagree.
     """
     if label_names is not None:
@@ -135,6 +190,7 @@ def encode_labels(
                 f"num_labels={num_labels} but {len(label_names)} label_names were given ({label_names}); "
                 "pass only one of them, or make them agree."
             )
+    _check_no_missing(splits, column, nested)
     flat = {s: [v for row in values for v in row] if nested else list(values) for s, values in splits.items()}
     everything = [v for values in flat.values() for v in values]
     if not everything:

@@ -47,7 +47,7 @@ class AdaLoraConfig(LoraConfig):
     init_r: int = 12
     """Triplets per adapted layer at the start; the budget shrinks from here."""
     target_r: int = 8
-    """Average triplets per adapted layer once the budget has been allocated."""
+    """Average triplets per adapted layer once the budget has been allocated; below ``init_r``."""
     total_step: int | None = None
     """Optimizer steps of the whole run. ``petl.train`` sets it from its plan; give it
     when you write your own training loop."""
@@ -58,22 +58,30 @@ class AdaLoraConfig(LoraConfig):
     deltaT: int = 1
     """Steps between two budget allocations."""
     beta1: float = 0.85
-    """Smoothing of the sensitivity (importance) estimate."""
+    """Smoothing of the sensitivity (importance) estimate, in (0, 1)."""
     beta2: float = 0.85
-    """Smoothing of its uncertainty."""
+    """Smoothing of its uncertainty, in (0, 1)."""
     orth_reg_weight: float = 0.5
     """Weight of the orthogonality penalty added to the loss."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_int("init_r", self.init_r)
+        check_positive_int("target_r", self.target_r)
+        # peft's allocator masks the init_r - target_r least important triplets per layer on average;
+        # with none to mask its threshold search (kthvalue with k = 0) fails at the first allocation.
         check(
-            isinstance(self.target_r, int) and 0 < self.target_r <= self.init_r,
-            f"target_r must be an integer in [1, init_r={self.init_r}], got {self.target_r!r}.",
+            self.target_r < self.init_r,
+            f"target_r must be below init_r, got target_r={self.target_r} and init_r={self.init_r}: AdaLoRA "
+            "prunes each layer from init_r triplets down to target_r on average, so it needs at least one to "
+            f"prune. Lower target_r or raise init_r; for a fixed rank use the 'lora' strategy with r={self.init_r}.",
         )
         check_non_negative_int("tinit", self.tinit)
         check_non_negative_int("tfinal", self.tfinal)
         check_positive_int("deltaT", self.deltaT)
+        # peft's rank allocator asserts 0 < beta < 1: the smoothing needs some memory and some update.
+        check_number("beta1", self.beta1, low=0, high=1, low_open=True)
+        check_number("beta2", self.beta2, low=0, high=1, low_open=True)
         check_number("orth_reg_weight", self.orth_reg_weight, low=0)
         if self.total_step is not None:
             check_schedule(self.total_step, self.tinit, self.tfinal)

@@ -66,6 +66,7 @@ from petl.core.validators import (
     check,
     check_bool,
     check_choice,
+    check_float32,
     check_number,
     check_positive_int,
     int_tuple,
@@ -140,6 +141,7 @@ class BottleneckConfig(StrategyConfig):
         check_positive_int("bottleneck_size", self.bottleneck_size, allow_none=True)
         check_choice("non_linearity", self.non_linearity, tuple(_ACTIVATIONS))
         check_number("scaling", self.scaling, allow_none=True)
+        check_float32("scaling", self.scaling)  # the adapter's output is multiplied by it in the model's dtype
         check_number("dropout", self.dropout, low=0, high=1)
         if self.layers is not None:
             set_field(self, "layers", int_tuple("layers", self.layers, what="block indices"))

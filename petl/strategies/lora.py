@@ -29,7 +29,16 @@ from torch import nn
 from petl.core.config import StrategyConfig
 from petl.core.registry import register
 from petl.core.strategy import StrategyBase
-from petl.core.validators import check, check_choice, check_number, check_positive_int, set_field, str_tuple
+from petl.core.validators import (
+    check,
+    check_bool,
+    check_choice,
+    check_float32,
+    check_number,
+    check_positive_int,
+    set_field,
+    str_tuple,
+)
 from petl.errors import PetlError, TargetNotFoundError
 from petl.modeling.layers import linear_layer_names
 
@@ -72,8 +81,10 @@ class LoraConfig(StrategyConfig):
         super().__post_init__()
         check_positive_int("r", self.r)
         check_number("alpha", self.alpha, low=0, low_open=True)
+        check_float32("alpha", self.alpha)  # the update is multiplied by alpha / r in the layer's dtype
         check_number("dropout", self.dropout, low=0, high=1)
         check_choice("bias", self.bias, ("none", "all", "lora_only"))
+        check_bool("use_rslora", self.use_rslora)
         if self.target_modules is not None and not isinstance(self.target_modules, str):
             set_field(self, "target_modules", str_tuple("target_modules", self.target_modules))
         if isinstance(self.target_modules, tuple):
@@ -139,17 +150,32 @@ class LoraStrategy(StrategyBase):
         config = self.peft_config(model)
         try:
             self.tuner = self.tuner_class(model, config, ADAPTER_NAME)
-        except ValueError as exc:
-            if "not found in the base model" in str(exc) or "target_modules" in str(exc):
-                raise TargetNotFoundError(
-                    f"target_modules={self.config.target_modules!r} matches no module of this "
-                    f"{type(model).__name__}. Linear layers it has: {linear_layer_names(model)}. "
-                    'Pass some of these names, or target_modules="all-linear".'
-                ) from exc
-            raise
-        except BaseException:
+        except BaseException as exc:
             _strip_peft(model)
+            if isinstance(exc, ValueError):
+                raise self._target_error(model, exc) from exc
             raise
+
+    def _target_error(self, model: nn.Module, exc: ValueError) -> PetlError:
+        """peft's ``ValueError`` for targets it cannot use, in the user's terms."""
+        targets = self.config.target_modules
+        hint = (f"Linear layers it has: {linear_layer_names(model)}. Pass some of these names, "
+                'or target_modules="all-linear".')
+        text = str(exc)
+        if "not found in the base model" in text or "target_modules" in text:
+            return TargetNotFoundError(
+                f"target_modules={targets!r} matches no module of this {type(model).__name__}. {hint}"
+            )
+        if "is not supported" in text:  # e.g. a LayerNorm or a whole attention block named as a target
+            kind = text.removeprefix("Target module ").split("(", 1)[0].strip() or "module"
+            return TargetNotFoundError(
+                f"target_modules={targets!r} names a {kind}, which {self.config.strategy} cannot adapt: it "
+                f"adapts linear layers (and embeddings and convolutions). {hint}"
+            )
+        return PetlError(
+            f"peft could not add {self.config.strategy} to this {type(model).__name__} with "
+            f"target_modules={targets!r}: {exc}. {hint}"
+        )
 
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         state = peft.get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)

@@ -78,9 +78,16 @@ def _train(model: nn.Module, steps: int, each_step: Any = None) -> None:
         ({"init_r": 0}, "init_r must be a positive integer, got 0."),
         ({"init_r": 2.0}, "init_r must be a positive integer, got 2.0."),
         ({"init_r": True}, "init_r must be a positive integer, got True."),
-        ({"init_r": 4, "target_r": 0}, "target_r must be an integer in [1, init_r=4], got 0."),
-        ({"init_r": 4, "target_r": 5}, "target_r must be an integer in [1, init_r=4], got 5."),
-        ({"init_r": 4, "target_r": 2.0}, "target_r must be an integer in [1, init_r=4], got 2.0."),
+        ({"init_r": 4, "target_r": 0}, "target_r must be a positive integer, got 0."),
+        ({"init_r": 4, "target_r": 5},
+         "target_r must be below init_r, got target_r=5 and init_r=4: AdaLoRA prunes each layer from init_r "
+         "triplets down to target_r on average, so it needs at least one to prune. Lower target_r or raise init_r; "
+         "for a fixed rank use the 'lora' strategy with r=4."),
+        ({"init_r": 4, "target_r": 4}, "target_r must be below init_r, got target_r=4 and init_r=4: AdaLoRA prunes "
+         "each layer from init_r triplets down to target_r on average, so it needs at least one to prune. Lower "
+         "target_r or raise init_r; for a fixed rank use the 'lora' strategy with r=4."),
+        ({"init_r": 4, "target_r": 2.0}, "target_r must be a positive integer, got 2.0."),
+        ({"init_r": 4, "target_r": True}, "target_r must be a positive integer, got True."),
         ({"tinit": -1}, "tinit must be a non-negative integer, got -1."),
         ({"tfinal": -1}, "tfinal must be a non-negative integer, got -1."),
         ({"deltaT": 0}, "deltaT must be a positive integer, got 0."),

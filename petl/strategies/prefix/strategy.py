@@ -41,7 +41,7 @@ reproduces peft's outputs exactly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -93,9 +93,11 @@ class PrefixConfig(StrategyConfig):
         check_positive_int("projection", self.projection, allow_none=True)
         if self.init_token_ids is not None:
             ids = self.init_token_ids
-            if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            # A set or a mapping has no order (or is not a list of ids at all), and the order of the ids matters.
+            if isinstance(ids, (str, bytes, Mapping, Set)) or not isinstance(ids, Iterable):
                 raise ConfigError(
-                    f"init_token_ids must be a list of token ids, got {ids!r}. Tokenize the text first, e.g. "
+                    f"init_token_ids must be a list of token ids, got {type(ids).__name__} {ids!r}. "
+                    "Tokenize the text first, e.g. "
                     'tokenizer("Classify the sentiment:", add_special_tokens=False).input_ids.'
                 )
             ids = tuple(ids)
