@@ -9,7 +9,11 @@ best adapter (best/), checkpoints and a JSON-lines log to --output.
                --epochs 3 --learning-rate 1e-3 --output runs/sst2-lora
 
 Every option is checked (the strategy and its ``--set`` options, the training
-options, a writable ``--output``) before the model is loaded.
+options, --metric-for-best against the task's metrics, the optional packages the
+options need, a writable ``--output``, and with --resume the options the checkpoint
+was written under) before the model is loaded. ``--seed`` seeds every random
+generator before the model is loaded and wrapped, so the same command gives the same
+adapter, bit for bit, on the same machine and library versions.
 """
 
 from __future__ import annotations
@@ -70,7 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--mixed-precision", default="no", help="no, fp16 or bf16")
     t.add_argument("--optimizer", default="adamw", help="adamw or adamw8bit")
     t.add_argument("--gradient-checkpointing", action="store_true")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0,
+                   help="seeds every generator before loading: the fresh head, the adapter, data order, dropout")
     t.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: after each epoch)")
     t.add_argument("--save-steps", type=int, help="checkpoint every N steps (default: at each evaluation)")
     t.add_argument("--metric-for-best", default="eval_loss", help="e.g. eval_loss, accuracy, f1")
@@ -120,13 +125,42 @@ def _load_data(args: argparse.Namespace, tokenizer: Any) -> Any:
                     num_labels=train.num_labels, label_names=train.label_names)
 
 
+def _check_options(args: argparse.Namespace, config: Any) -> None:
+    """The checks that need neither the model nor the data: typos and missing packages.
+
+    Raises:
+        ConfigError: --metric-for-best is not a metric of the task, or an option needs a
+            package that is not installed.
+    """
+    import importlib.util
+
+    from petl.tasks import REPORTED_METRICS
+    from petl.training.evaluation import check_metric_name
+
+    check_metric_name(config.metric_for_best, REPORTED_METRICS[args.task], args.task)
+    needs_bnb = [flag for flag, used in (("--load-in-8bit", args.load_in_8bit),
+                                         ("--optimizer adamw8bit", config.optimizer == "adamw8bit")) if used]
+    if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{' and '.join(needs_bnb)} need bitsandbytes, which is not installed. "
+                          "Install it (pip install bitsandbytes), or train without these options.")
+    if config.log_with == "tensorboard":
+        from accelerate.utils import is_tensorboard_available
+
+        if not is_tensorboard_available():
+            raise ConfigError("--log-with tensorboard needs tensorboard, which is not installed. "
+                              "Install it (pip install tensorboard), or leave --log-with out.")
+
+
 def run(args: argparse.Namespace) -> int:
     """``petl train``: load, wrap, train, and print a JSON summary."""
+    from accelerate.utils import set_seed
+
     from petl.core.params import count_parameters
     from petl.core.registry import get
     from petl.core.wrapping import wrap
     from petl.modeling.loading import load_model, load_tokenizer
     from petl.training import train
+    from petl.training.resume import check_resume_options
     from petl.training.setup import check_output_dir
 
     config = _train_config(args)  # validate every option before loading anything
@@ -140,9 +174,13 @@ def run(args: argparse.Namespace) -> int:
                               "train them. Pick a strategy such as --strategy lora.")
     else:  # an unknown strategy or option fails now, with a suggestion, before anything is loaded
         get(args.strategy).config_class.from_dict(options)
+    _check_options(args, config)
     check_output_dir(args.output)  # before minutes of loading go into a run that cannot save
+    if args.resume:  # a checkpoint of other options is refused now; petl.train checks the rest before loading it
+        check_resume_options(args.output, config, None if args.strategy == FULL else args.strategy)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     data = _load_data(args, tokenizer)
+    set_seed(args.seed)  # a fresh head and the adapter's initial weights are drawn while loading and wrapping
     model = load_model(args.model, args.task, num_labels=data.num_labels, label_names=data.label_names,
                        load_in_8bit=args.load_in_8bit, pad_token_id=tokenizer.pad_token_id,
                        plain_weights=args.strategy == FULL)

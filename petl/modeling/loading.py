@@ -111,6 +111,46 @@ def int8_skip_modules(model: nn.Module) -> list[str]:
     return sorted(set(find_task_heads(model)) | set(get_keys_to_not_convert(model)))
 
 
+def _trained_head_class(config: Any, task: str) -> str | None:
+    """The class name of ``task``'s model for ``config``, if the saved model is one (it has a trained head)."""
+    from transformers.models.auto import modeling_auto
+
+    names = {
+        "sequence-classification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+        "token-classification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+    }[task]
+    head_class = names.get(getattr(config, "model_type", None))
+    saved_as = getattr(config, "architectures", None) or []
+    return head_class if head_class is not None and head_class in saved_as else None
+
+
+def _check_trained_head(config: Any, name: str, task: str, num_labels: int) -> None:
+    """Refuse data whose number of classes differs from a saved classification head's.
+
+    transformers would refuse the head's weights (or, with ``ignore_mismatched_sizes``,
+    silently replace the trained head by a random one); neither is what a user wants.
+
+    Raises:
+        PetlError: The model folder holds a trained ``task`` head with another number of labels.
+    """
+    head_class = _trained_head_class(config, task)
+    have = getattr(config, "num_labels", None)
+    if head_class is None or have is None or have == num_labels:
+        return
+    names = [str(v) for _, v in sorted(getattr(config, "id2label", {}).items())]
+    shown = f" ({', '.join(names[:10])})" if names else ""
+    if have < num_labels:
+        fix = (f"Train from a base model without a head (petl adds a fresh {num_labels}-way head), or from a saved "
+               f"{head_class} with {num_labels} labels")
+    else:
+        fix = (f"Pass --label-names (label_names=) with the head's {have} classes in id order{shown}, so the data's "
+               "labels map onto the head's outputs, or train from a base model without a head")
+    raise PetlError(
+        f"The model {name!r} is a {head_class} whose trained head has {have} labels{shown}, but the data has "
+        f"{num_labels}. {fix}. (petl does not replace a trained head with a random one.)"
+    )
+
+
 def load_model(
     name: str, task: str, *, num_labels: int | None = None, label_names: Sequence[str] | None = None,
     load_in_8bit: bool = False, pad_token_id: int | None = None, plain_weights: bool = False,
@@ -123,8 +163,12 @@ def load_model(
     and head upcast to fp32, weights frozen). ``plain_weights`` loads weights that
     ``save_pretrained`` can write back (SmolLM2 from safetensors rather than GGUF).
 
+    A classification model saved with its trained head keeps it: ``num_labels`` must
+    then equal the head's number of labels (the head is never re-initialised to fit).
+
     Raises:
-        PetlError: The model cannot be loaded.
+        PetlError: The model cannot be loaded, or its trained head has another number
+            of labels than ``num_labels``.
     """
     import torch
     import transformers
@@ -136,6 +180,7 @@ def load_model(
     except (OSError, ValueError) as exc:
         raise PetlError(f"Cannot load the model {name!r}: {exc}. {_NAMES_HINT}.") from exc
     if num_labels is not None and task in CLASSIFICATION_TASKS:
+        _check_trained_head(config, name, task, num_labels)
         config.num_labels = num_labels
         if label_names:
             config.id2label = dict(enumerate(label_names))
@@ -151,6 +196,14 @@ def load_model(
         model = auto.from_pretrained(source, config=config, **options)
     except (OSError, ValueError) as exc:
         raise PetlError(f"Cannot load the model {name!r}: {exc}. {_NAMES_HINT}.") from exc
+    except RuntimeError as exc:  # transformers refuses weights of other shapes (ignore_mismatched_sizes=False)
+        if "mismatch" not in str(exc).lower():
+            raise
+        raise PetlError(
+            f"The weights in {name!r} do not fit a {auto.__name__} built from its config"
+            f"{f' with num_labels={num_labels}' if num_labels is not None else ''} ({exc}; the log above lists "
+            "the tensors). Load a base model without a task head, or make the options match the saved model."
+        ) from exc
     if load_in_8bit:
         from peft import prepare_model_for_kbit_training
 

@@ -9,7 +9,9 @@ A call walks down this package once:
 * :mod:`~petl.training.loop`: the loop (logging, evaluation, early stopping, checkpoints);
 * :mod:`~petl.training.step`: one optimizer step with the strategy's hooks, also used by the benchmark;
 * :mod:`~petl.training.evaluation`, :mod:`~petl.training.checkpoint`, :mod:`~petl.training.log`:
-  what the loop calls.
+  what the loop calls;
+* :mod:`~petl.training.resume` (with :mod:`~petl.training.trainer_state`): checking a
+  checkpoint against the run, whole, before loading it.
 
 The names below are imported on first use, so ``petl.training.config`` (the options
 and their choices, which the benchmark's config schema reads) loads without torch.

@@ -14,12 +14,17 @@ A checkpoint is a folder ``checkpoint-<step>`` inside the output folder:
 * ``rng.safetensors``: the torch (and CUDA) generator states; the Python and NumPy
   generator states are in ``trainer_state.json``;
 * ``trainer_state.json``: the step, the position in the epoch, the best metric so
-  far, the per-step losses, and the training options that fix the data order.
+  far, the per-step losses, the training options that fix the run (its
+  fingerprint), the strategy's name and options, the model's signature, and the
+  names of the other files (so a missing one is noticed).
 
 The folder is written under a temporary name and renamed into place, and older
 checkpoints are removed only after that, so an interrupted save never replaces a
-good checkpoint with a half-written one. Loading reads safetensors and JSON only:
-nothing is ever unpickled.
+good checkpoint with a half-written one. :func:`load_checkpoint` reads a checkpoint
+whole (every listed file present, every JSON file parsed, every safetensors file
+opened, every field of ``trainer_state.json`` of the type written) and changes nothing;
+:mod:`petl.training.resume` checks it against a run and loads it. Only safetensors and
+JSON are read: nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import random
 import re
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +45,35 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from petl.core.validators import check_state_dict
 from petl.errors import CheckpointError
 from petl.files import replace_dir
+from petl.training.trainer_state import is_count, trainer_state_problems
 
 __all__ = [
+    "DELETE_HINT",
+    "FORMAT_VERSION",
     "TRAINER_STATE_NAME",
+    "Checkpoint",
     "decode_structure",
     "encode_structure",
     "latest_checkpoint",
-    "load_strategy_state",
-    "read_checkpoint",
+    "load_checkpoint",
+    "read_trainer_state",
+    "rng_state",
+    "set_rng_state",
     "strategy_state",
+    "trainable_state",
     "write_checkpoint",
 ]
 
 TRAINER_STATE_NAME = "trainer_state.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2 added the strategy, the model signature, the file list and more options to the
+fingerprint; checkpoints of version 1 still resume, with the checks they allow."""
+DELETE_HINT = ("Delete that checkpoint folder to resume from an older one, "
+               "or train without resume in a fresh output folder.")
+"""The last sentence of an error about one damaged checkpoint."""
+_V1_FILES = ("model.safetensors", "optimizer.json", "scheduler.json", "rng.safetensors")
 _PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -90,10 +108,17 @@ def encode_structure(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def decode_structure(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
-    """Invert :func:`encode_structure`."""
+    """Invert :func:`encode_structure`.
+
+    Raises:
+        CheckpointError: ``value`` is not what :func:`encode_structure` writes (an unknown
+            entry, a tensor missing from ``tensors``, a malformed array or mapping).
+    """
     if isinstance(value, list):
         return [decode_structure(v, tensors) for v in value]
-    if isinstance(value, dict):
+    if not isinstance(value, dict):
+        return value
+    try:
         if "__tensor__" in value:
             return tensors[value["__tensor__"]]
         if "__ndarray__" in value:
@@ -102,8 +127,9 @@ def decode_structure(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
             return tuple(decode_structure(v, tensors) for v in value["__tuple__"])
         if "__dict__" in value:
             return {decode_structure(k, tensors): decode_structure(v, tensors) for k, v in value["__dict__"]}
-        raise CheckpointError(f"Unknown entry in a checkpoint structure: {sorted(value)}.")
-    return value
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"A malformed entry in a checkpoint structure ({type(exc).__name__}: {exc}).") from exc
+    raise CheckpointError(f"Unknown entry in a checkpoint structure: {sorted(value)}.")
 
 
 def _write_structure(folder: Path, name: str, value: Any) -> None:
@@ -112,12 +138,6 @@ def _write_structure(folder: Path, name: str, value: Any) -> None:
     if tensors:
         save_file(tensors, folder / f"{name}.safetensors")
     (folder / f"{name}.json").write_text(json.dumps(structure) + "\n", encoding="utf-8")
-
-
-def _read_structure(folder: Path, name: str) -> Any:
-    tensors_path = folder / f"{name}.safetensors"
-    tensors = load_file(tensors_path) if tensors_path.is_file() else {}
-    return decode_structure(json.loads((folder / f"{name}.json").read_text(encoding="utf-8")), tensors)
 
 
 def rng_state() -> dict[str, Any]:
@@ -184,6 +204,7 @@ def write_checkpoint(
         rng_tensors: dict[str, torch.Tensor] = {}
         state = {**trainer_state, "format_version": FORMAT_VERSION, "rng": encode_structure(rng_state(), rng_tensors)}
         save_file(rng_tensors, tmp / "rng.safetensors")
+        state["files"] = sorted(path.name for path in tmp.iterdir())
         # Written last: a folder without it is never taken for a checkpoint.
         (tmp / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
 
@@ -209,55 +230,6 @@ def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
     return found[-1][1] if found else None
 
 
-def read_checkpoint(
-    folder: Path, *, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any
-) -> dict[str, Any]:
-    """Load a checkpoint into the training objects and restore the random generators.
-
-    Returns:
-        The trainer state saved with it (step, epoch position, best metric, ...), with
-        ``"best_weights"``: the tensors of ``best.safetensors``, or ``None``, and
-        ``"strategy_state"``: what :func:`strategy_state` saved, or ``None``.
-
-    Raises:
-        CheckpointError: The checkpoint is unreadable or does not fit the model.
-    """
-    try:
-        state = json.loads((folder / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
-        weights = load_file(folder / "model.safetensors")
-        optimizer_state = _read_structure(folder, "optimizer")
-        scheduler_state = _read_structure(folder, "scheduler")
-        scaler_state = _read_structure(folder, "scaler") if (folder / "scaler.json").is_file() else None
-        rng = decode_structure(state.pop("rng"), load_file(folder / "rng.safetensors"))
-        best_path = folder / "best.safetensors"
-        state["best_weights"] = load_file(best_path) if best_path.is_file() else None
-        has_strategy = (folder / "strategy.json").is_file()
-        state["strategy_state"] = _read_structure(folder, "strategy") if has_strategy else None
-    except (OSError, json.JSONDecodeError, SafetensorError, KeyError, ValueError) as exc:
-        raise CheckpointError(
-            f"The checkpoint {folder} is unreadable ({exc}). Delete it to resume from an older one, "
-            "or train without resume."
-        ) from exc
-    params = trainable_state(model)
-    check_state_dict(params, weights, source=f"The checkpoint {folder}",
-                     fix="Resume with the same model and strategy options, or choose a fresh output folder.")
-    try:
-        optimizer.load_state_dict(optimizer_state)
-        scheduler.load_state_dict(scheduler_state)
-        if scaler is not None and scaler_state is not None:
-            scaler.load_state_dict(scaler_state)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"The optimizer state in {folder} does not fit this run ({exc}). Resume with the same model, "
-            "strategy and optimizer options, or choose a fresh output folder."
-        ) from exc
-    with torch.no_grad():
-        for key, param in params.items():
-            param.copy_(weights[key])
-    set_rng_state(rng)
-    return state
-
-
 def strategy_state(strategy: Any, model: nn.Module) -> Any:
     """The training state a strategy keeps outside its parameters, or ``None``.
 
@@ -270,14 +242,134 @@ def strategy_state(strategy: Any, model: nn.Module) -> Any:
     return getter(model) if strategy is not None and callable(getter) else None
 
 
-def load_strategy_state(strategy: Any, model: nn.Module, state: Any, folder: Path) -> None:
-    """Give a strategy back the state :func:`strategy_state` saved in ``folder``."""
-    if state is None:
-        return
-    loader = getattr(strategy, "load_training_state", None)
-    if strategy is None or not callable(loader):
+# -- reading ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    """Everything one checkpoint folder holds, read and checked, loaded into nothing yet."""
+
+    folder: Path
+    state: dict[str, Any]
+    """``trainer_state.json`` without the generator states: step, epoch position, losses, best, fingerprint, ..."""
+    weights: dict[str, torch.Tensor]
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    """The fp16 gradient scaler's state, or ``None``."""
+    rng: dict[str, Any]
+    best_weights: dict[str, torch.Tensor] | None
+    """The trainable tensors of the best evaluation when it is not the checkpoint's step."""
+    strategy_state: Any
+    """What the strategy's ``training_state`` returned, or ``None``."""
+
+    @property
+    def version(self) -> int:
+        return int(self.state["format_version"])
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError(f"The checkpoint file {path} is unreadable ({type(exc).__name__}: {exc}). {DELETE_HINT}")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _unreadable(path, exc) from exc
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _decode(path: Path, value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    try:
+        return decode_structure(value, tensors)
+    except CheckpointError as exc:
+        raise CheckpointError(f"The checkpoint file {path} is corrupted: {exc} {DELETE_HINT}") from exc
+
+
+def _read_structure(folder: Path, name: str) -> Any:
+    tensors_path = folder / f"{name}.safetensors"
+    tensors = _read_tensors(tensors_path) if tensors_path.is_file() else {}
+    path = folder / f"{name}.json"
+    return _decode(path, _read_json(path), tensors)
+
+
+def _check_rng(rng: Any, path: Path) -> None:
+    """Try the saved generator states on fresh generators, leaving the global ones alone."""
+    try:
+        if not isinstance(rng, dict):
+            raise TypeError(f"a {type(rng).__name__}, not the states by generator")
+        random.Random().setstate(rng["python"])
+        np.random.RandomState().set_state(rng["numpy"])
+        torch.Generator().set_state(rng["torch"])
+        cuda = rng.get("cuda", [])
+        if not (isinstance(cuda, list) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda)):
+            raise ValueError("the CUDA generator states are not byte tensors")
+        if cuda and torch.cuda.is_available() and len(cuda) > torch.cuda.device_count():
+            raise ValueError(f"{len(cuda)} CUDA generator states for {torch.cuda.device_count()} devices")
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise CheckpointError(f"{path} holds invalid random generator states ({exc}). {DELETE_HINT}") from exc
+
+
+def read_trainer_state(folder: str | Path) -> dict[str, Any]:
+    """Read and check ``trainer_state.json`` of the checkpoint ``folder``, and that every file it lists is there.
+
+    Raises:
+        CheckpointError: The file is unreadable, a field is absent, null or of the wrong
+            type, or a listed file is missing.
+    """
+    folder = Path(folder)
+    state_path = folder / TRAINER_STATE_NAME
+    state = _read_json(state_path)
+    if not isinstance(state, dict):
         raise CheckpointError(
-            f"The checkpoint {folder} holds strategy training state, but this model's strategy cannot take it "
-            "(it has no load_training_state). Resume with the strategy the run was started with."
+            f"{state_path} is corrupted: it holds a {type(state).__name__}, not an object. {DELETE_HINT}")
+    version = state.get("format_version")
+    if not (is_count(version) and 1 <= version <= FORMAT_VERSION):
+        raise CheckpointError(
+            f"{state_path} has format_version {version!r}; this petl reads versions 1 to {FORMAT_VERSION}. "
+            f"Resume with the petl version that wrote it. {DELETE_HINT}"
         )
-    loader(model, state)
+    problems = trainer_state_problems(state)
+    files = state.get("files") if version >= 2 else list(_V1_FILES)
+    if not (isinstance(files, list) and all(isinstance(f, str) and f == Path(f).name and f for f in files)):
+        problems.append(f"files is {files!r}, not a list of file names")
+        files = []
+    if problems:
+        raise CheckpointError(f"{state_path} is corrupted: {'; '.join(problems)}. {DELETE_HINT}")
+    missing = sorted(f for f in files if not (folder / f).is_file())
+    if missing:
+        raise CheckpointError(f"The checkpoint {folder} is incomplete: {', '.join(missing)} missing. {DELETE_HINT}")
+    return state
+
+
+def load_checkpoint(folder: str | Path) -> Checkpoint:
+    """Read every file of the checkpoint ``folder``, changing nothing.
+
+    Raises:
+        CheckpointError: A file is missing, unreadable or malformed, or a field of
+            ``trainer_state.json`` is absent, null or of the wrong type.
+    """
+    folder = Path(folder)
+    state_path = folder / TRAINER_STATE_NAME
+    state = read_trainer_state(folder)
+    rng = _decode(state_path, state.pop("rng"), _read_tensors(folder / "rng.safetensors"))
+    _check_rng(rng, state_path)
+    best_path = folder / "best.safetensors"
+    return Checkpoint(
+        folder=folder,
+        state=state,
+        weights=_read_tensors(folder / "model.safetensors"),
+        optimizer=_read_structure(folder, "optimizer"),
+        scheduler=_read_structure(folder, "scheduler"),
+        scaler=_read_structure(folder, "scaler") if (folder / "scaler.json").is_file() else None,
+        rng=rng,
+        best_weights=_read_tensors(best_path) if best_path.is_file() else None,
+        strategy_state=_read_structure(folder, "strategy") if (folder / "strategy.json").is_file() else None,
+    )

@@ -44,8 +44,8 @@ class TrainConfig:
 
     output_dir: str | None = None
     """Folder for checkpoints, the best adapter (``best/``), ``metrics.json`` and the
-    JSON-lines log (a ``Path`` is stored as a string). ``None`` writes nothing and keeps
-    the best weights in memory."""
+    JSON-lines log (a ``Path`` is stored as a string); a run that does not resume starts
+    the log afresh. ``None`` writes nothing and keeps the best weights in memory."""
     epochs: int = 3
     """Passes over the training set (ignored when ``max_steps`` is set)."""
     max_steps: int | None = None
@@ -78,7 +78,13 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     seed: int = 0
-    """Seeds Python, NumPy and torch, and fixes the data order of every epoch."""
+    """Seeds Python, NumPy and torch when the run starts, and fixes the data order of every
+    epoch: the dropout masks, the shuffling and every other draw of the training itself
+    repeat. It cannot reach back to draws made before :func:`petl.train` was called: the
+    adapter's initial weights (and a fresh task head) are drawn when the model is loaded
+    and wrapped. For a run reproducible end to end, seed first, then load and wrap
+    (``transformers.set_seed(seed)`` before ``from_pretrained`` and ``petl.wrap``), as
+    ``petl train --seed`` does."""
     eval_steps: int | None = None
     """Evaluate every this many optimizer steps; ``None`` evaluates after each epoch."""
     metric_for_best: str = "eval_loss"
@@ -96,7 +102,10 @@ class TrainConfig:
     evaluation point (``eval_steps``, or each epoch's end). Only with ``output_dir``."""
     resume: bool = False
     """Continue from the newest checkpoint in ``output_dir`` (starting afresh, with a
-    warning, when there is none), reproducing the uninterrupted run."""
+    warning, when there is none), reproducing the uninterrupted run. The checkpoint must
+    come from a run with the same options that fix the data, schedule and optimizer, the
+    same strategy and strategy options, and the same model; it is checked whole before
+    anything is loaded, and a refused one changes neither the model nor the folder."""
     logging_steps: int = 10
     """Log the mean loss, learning rate and throughput every this many optimizer steps."""
     log_with: str | None = None

@@ -21,7 +21,7 @@ examples repeated to give every process the same number of batches.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from petl.errors import ConfigError, suggest
 from petl.metrics import TaskEvaluator, perplexity
 from petl.tasks import IGNORE_INDEX, LM_TASKS
 
-__all__ = ["BestTracker", "EvaluatorFactory", "evaluate", "example_losses", "lower_is_better", "metric_key"]
+__all__ = [
+    "BestTracker",
+    "EvaluatorFactory",
+    "check_metric_name",
+    "evaluate",
+    "example_losses",
+    "lower_is_better",
+    "metric_key",
+]
 
 
 def example_losses(task: str, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +116,25 @@ def evaluate(
 def metric_key(name: str) -> str:
     """``"accuracy"`` and ``"eval_accuracy"`` both name the ``eval_accuracy`` metric."""
     return name if name.startswith("eval_") else f"eval_{name}"
+
+
+def check_metric_name(name: str, known: Sequence[str], task: str) -> None:
+    """Refuse a ``metric_for_best`` that the evaluation of ``task`` does not report.
+
+    Args:
+        name: The metric, with or without the ``eval_`` prefix.
+        known: The metrics the evaluation reports (``petl.tasks.REPORTED_METRICS[task]``).
+        task: The task, for the message.
+
+    Raises:
+        ConfigError: ``name`` is not among ``known``; the message suggests the nearest one.
+    """
+    key = metric_key(name)
+    if key not in known:
+        raise ConfigError(
+            f"metric_for_best={name!r} (--metric-for-best) is not reported for the {task!r} task."
+            f"{suggest(key, known)} Reported metrics: {', '.join(sorted(known))}."
+        )
 
 
 def lower_is_better(name: str) -> bool:

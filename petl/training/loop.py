@@ -19,19 +19,26 @@ from typing import Any
 
 import torch
 
-from petl.errors import CheckpointError, ConfigError, PetlError, suggest
+from petl.errors import ConfigError, PetlError, suggest
 from petl.files import atomic_write_json
 from petl.training.checkpoint import (
     latest_checkpoint,
-    load_strategy_state,
-    read_checkpoint,
+    load_checkpoint,
     strategy_state,
     trainable_state,
     write_checkpoint,
 )
 from petl.training.config import TrainConfig
-from petl.training.evaluation import BestTracker, evaluate, lower_is_better, metric_key
+from petl.training.evaluation import BestTracker, check_metric_name, evaluate, lower_is_better, metric_key
 from petl.training.log import LOG_NAME, METRICS_NAME, JsonLinesLog, LossWindow
+from petl.training.resume import (
+    apply_checkpoint,
+    check_fits,
+    check_same_run,
+    config_fingerprint,
+    model_record,
+    strategy_record,
+)
 from petl.training.setup import Run
 from petl.training.step import finish_step, training_loss
 
@@ -40,8 +47,6 @@ __all__ = ["BEST_NAME", "TrainLoop", "TrainResult"]
 logger = logging.getLogger(__name__)
 
 BEST_NAME = "best"
-# Options that fix the data order and the schedule: a checkpoint resumes exactly only under the same values.
-_RESUME_KEYS = ("batch_size", "gradient_accumulation_steps", "seed", "num_processes", "total_steps")
 
 
 @dataclass
@@ -95,18 +100,20 @@ class TrainLoop:
         self.last_checkpoint: Path | None = None
         self.learning_rate = float("nan")
         self.stopped_early = False
+        self.log_records: int | None = None  # the log lines of the checkpoint resumed from, when it says
         self.log = JsonLinesLog(run.output_dir / LOG_NAME if run.output_dir and self.acc.is_main_process else None)
 
     # -- state -------------------------------------------------------------------------------
 
-    def _fingerprint(self) -> dict[str, int]:
-        c = self.config
+    def _fingerprint(self) -> dict[str, Any]:
+        """The options a checkpoint resumes exactly under only: data order, schedule, optimizer, precision."""
+        run = self.run
         return {
-            "batch_size": c.batch_size,
-            "gradient_accumulation_steps": c.gradient_accumulation_steps,
-            "seed": c.seed,
+            **config_fingerprint(self.config),
             "num_processes": self.acc.num_processes,
-            "total_steps": self.run.total_steps,
+            "total_steps": run.total_steps,
+            "train_examples": run.sampler.size,
+            "learning_rate": run.learning_rate,
         }
 
     def _trainer_state(self) -> dict[str, Any]:
@@ -118,39 +125,40 @@ class TrainLoop:
             "eval_history": self.eval_history,
             "best": self.best.state_dict(),
             "stopped_early": self.stopped_early,
+            "log_records": self.log.records,
             "fingerprint": self._fingerprint(),
+            "strategy": strategy_record(self.run.strategy),
+            "model": model_record(self.run.unwrapped),
             "config": self.config.to_dict(),
         }
 
     def _resume(self) -> None:
-        folder = latest_checkpoint(self.run.output_dir)
+        """Continue from the newest checkpoint, checked whole before anything is loaded."""
+        run = self.run
+        folder = latest_checkpoint(run.output_dir)
         if folder is None:
-            logger.warning("resume=True but %s holds no checkpoint: training from the start.", self.run.output_dir)
+            logger.warning("resume=True but %s holds no checkpoint: training from the start.", run.output_dir)
             return
-        state = read_checkpoint(
-            folder, model=self.run.unwrapped, optimizer=self.run.optimizer,
-            scheduler=self.run.scheduler, scaler=self.acc.scaler,
-        )
-        saved, now = state.get("fingerprint", {}), self._fingerprint()
-        changed = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in _RESUME_KEYS if saved.get(k) != now[k]]
-        if changed:
-            raise CheckpointError(
-                f"Cannot resume from {folder}: the run changed ({'; '.join(changed)}). Resume with the "
-                "options of the interrupted run (total_steps follows from epochs/max_steps and the data size), "
-                "or start afresh in a new output folder."
-            )
-        load_strategy_state(self.run.strategy, self.run.unwrapped, state["strategy_state"], folder)
+        checkpoint = load_checkpoint(folder)
+        check_same_run(checkpoint, fingerprint=self._fingerprint(), strategy=strategy_record(run.strategy),
+                       model=model_record(run.unwrapped))
+        objects = {"model": run.unwrapped, "optimizer": run.optimizer, "scheduler": run.scheduler,
+                   "scaler": self.acc.scaler, "strategy": run.strategy}
+        check_fits(checkpoint, **objects)
+        apply_checkpoint(checkpoint, **objects)
+        state = checkpoint.state
         self.global_step, self.epoch = state["global_step"], state["epoch"]
         self.batches_in_epoch = state["batches_in_epoch"]
-        self.step_losses = list(state["step_losses"])
-        self.eval_history = list(state["eval_history"])
+        self.step_losses = [float(v) for v in state["step_losses"]]
+        self.eval_history = [dict(record) for record in state["eval_history"]]
         self.best.load_state_dict(state["best"])
-        self.stopped_early = bool(state.get("stopped_early", False))
+        self.stopped_early = state["stopped_early"]
+        self.log_records = state.get("log_records")
         self.last_checkpoint = folder
         if self.best.best_step == self.global_step:
-            self.best_weights = _cpu_copy(trainable_state(self.run.unwrapped))
+            self.best_weights = _cpu_copy(trainable_state(run.unwrapped))
         else:
-            self.best_weights = state["best_weights"]
+            self.best_weights = checkpoint.best_weights
         logger.info("Resumed from %s at step %d.", folder, self.global_step)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -158,9 +166,11 @@ class TrainLoop:
     def execute(self) -> TrainResult:
         run, acc, config = self.run, self.acc, self.config
         self._check_metric_name_known()
+        run.begin_strategy()  # before a resume, which gives the strategy back its saved state
         if config.resume:
             self._resume()
-        run.begin_strategy()
+        self.log.restart(self.global_step, self.log_records)  # drop what an interrupted run wrote after its checkpoint
+        run.open_outputs()
         if self.batches_in_epoch >= len(run.train_loader):
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
         progress = run.progress_bar(self.global_step)
@@ -268,11 +278,8 @@ class TrainLoop:
 
     def _check_metric_name_known(self) -> None:
         known = self.run.known_metrics
-        if self.run.eval_loader is not None and known is not None and self.best.metric not in known:
-            raise ConfigError(
-                f"metric_for_best={self.config.metric_for_best!r} is not reported for the {self.run.task!r} task."
-                f"{suggest(self.best.metric, known)} Reported metrics: {', '.join(sorted(known))}."
-            )
+        if self.run.eval_loader is not None and known is not None:
+            check_metric_name(self.config.metric_for_best, known, self.run.task)
 
     def _evaluate_and_track(self) -> bool:
         """Evaluate, keep the best weights; return whether early stopping ends the run."""

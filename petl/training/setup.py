@@ -4,7 +4,10 @@ and putting the model back as it was afterwards.
 Everything here runs before the first step, so bad input (no trainable parameters,
 labels beyond the model's head, an unwritable output folder) fails fast, and
 :meth:`Run.close` undoes what the setup changed on the user's model (the
-mixed-precision forward wrapper, gradient checkpointing, train/eval mode).
+mixed-precision forward wrapper, gradient checkpointing, every attribute Accelerate
+or transformers set on it or its submodules, each module's train/eval mode), also
+when the setup itself fails. Nothing is written to the output folder until the loop
+calls :meth:`Run.open_outputs`, once a resumed run's checkpoint has passed its checks.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ __all__ = ["CONFIG_NAME", "Run", "check_output_dir", "prepare_run"]
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "train_config.json"
+
+
 def _cpu_processes() -> bool:
     """Whether this is one of several processes on a machine without an accelerator device.
 
@@ -88,6 +93,30 @@ def check_output_dir(output_dir: str | None) -> Path | None:
     return folder
 
 
+class ModelSnapshot:
+    """Each module's instance attribute names and train/eval mode, to put back after a run.
+
+    Accelerate marks a prepared model (``_is_accelerate_prepared``) and wraps its
+    ``forward`` for mixed precision (keeping ``_original_forward``); gradient
+    checkpointing and ``enable_input_require_grads`` leave attributes on submodules.
+    :meth:`restore` removes every attribute added since the snapshot and gives back
+    the model's own ``forward`` if it had one, so the model ends up with exactly the
+    attributes it had.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modules = [(module, frozenset(vars(module)), module.training) for module in model.modules()]
+        self.own_forward = {k: vars(model)[k] for k in ("forward", "_original_forward") if k in vars(model)}
+
+    def restore(self) -> None:
+        for module, names, training in self.modules:
+            for name in set(vars(module)) - names:
+                del vars(module)[name]
+            module.training = training
+        vars(self.model).update(self.own_forward)
+
+
 @dataclass
 class Run:
     """The objects of one training run, built by :func:`prepare_run`."""
@@ -103,6 +132,8 @@ class Run:
     strategy: Any
     """The model's strategy, or ``None`` under full fine-tuning."""
     trainable: list[nn.Parameter]
+    learning_rate: float
+    """The peak learning rate (``config.learning_rate``, or the default for the kind of model)."""
     optimizer: Any
     scheduler: Any
     train_loader: Any
@@ -114,8 +145,7 @@ class Run:
     evaluator_factory: EvaluatorFactory | None
     known_metrics: tuple[str, ...] | None
     """The metrics the default evaluator reports, to check ``metric_for_best`` against."""
-    own_attributes: set[str]
-    was_training: bool
+    snapshot: ModelSnapshot
     enabled_checkpointing: bool
     enabled_input_grads: bool
 
@@ -133,6 +163,15 @@ class Run:
         disable = not (self.config.progress_bar and self.accelerator.is_main_process)
         return tqdm(total=self.total_steps, initial=initial, desc="train", unit="step", disable=disable)
 
+    def open_outputs(self) -> None:
+        """Write ``train_config.json`` and start the trackers: called once the run is known to start."""
+        config = self.config
+        if self.output_dir is not None and self.accelerator.is_main_process:
+            atomic_write_json(self.output_dir / CONFIG_NAME, config.to_dict(), sort_keys=False)
+        if config.log_with is not None:
+            self.accelerator.init_trackers("petl", config={k: v for k, v in config.to_dict().items()
+                                                           if isinstance(v, (int, float, str, bool))})
+
     def save_model(self, folder: Path) -> None:
         """Save the adapter (``petl.save``) or, under full fine-tuning, the whole model, atomically."""
         if not self.accelerator.is_main_process:
@@ -149,18 +188,18 @@ class Run:
 
     def close(self) -> None:
         """Undo the setup's changes to the user's model and release Accelerate's references."""
-        model = self.unwrapped
-        for name in ("forward", "_original_forward"):
-            if name not in self.own_attributes:
-                vars(model).pop(name, None)
-        if self.enabled_checkpointing:
-            model.gradient_checkpointing_disable()
-        if self.enabled_input_grads:
-            model.disable_input_require_grads()
-        model.train(self.was_training)
+        _undo_setup(self.unwrapped, self.snapshot, self.enabled_checkpointing, self.enabled_input_grads)
         if self.config.log_with is not None:
             self.accelerator.end_training()
         self.accelerator.free_memory()
+
+
+def _undo_setup(model: nn.Module, snapshot: ModelSnapshot, checkpointing: bool, input_grads: bool) -> None:
+    if checkpointing:
+        model.gradient_checkpointing_disable()
+    if input_grads:
+        model.disable_input_require_grads()
+    snapshot.restore()
 
 
 def _reset_accelerate() -> None:
@@ -193,19 +232,54 @@ def _model_checks(model: nn.Module, data: Any, wrapped: bool) -> None:
             )
 
 
+def _evaluation(
+    data: Any, evaluator: EvaluatorFactory | None
+) -> tuple[EvaluatorFactory | None, tuple[str, ...] | None]:
+    """The evaluator factory and the metrics to check ``metric_for_best`` against (``None``: unknown)."""
+    if evaluator is None and data.task not in LM_TASKS:
+        from petl.metrics import evaluator_for
+
+        evaluator_for(data.task, data.label_names)  # fail now, not at the first evaluation
+
+        def default() -> Any:
+            return evaluator_for(data.task, data.label_names)
+
+        return default, REPORTED_METRICS[data.task]
+    return evaluator, (REPORTED_METRICS[data.task] if evaluator is None else None)
+
+
 def prepare_run(
     model: nn.Module, data: Any, config: TrainConfig, output_dir: Path | None, evaluator: EvaluatorFactory | None
 ) -> Run:
-    """Check the model against the data and build every object of the run."""
+    """Check the model against the data and build every object of the run.
+
+    The checks come before any change to the model; if building the run fails after
+    the model was changed, the changes are undone before the error propagates.
+    """
+    wrapped = is_wrapped(model)
+    _model_checks(model, data, wrapped)
+    if config.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing; "
+                          "train without gradient_checkpointing.")
+    evaluator, known_metrics = _evaluation(data, evaluator)
+    snapshot = ModelSnapshot(model)
+    flags = {"checkpointing": False, "input_grads": False}
+    try:
+        return _build_run(model, data, config, output_dir, evaluator, known_metrics, snapshot, flags)
+    except BaseException:
+        _undo_setup(model, snapshot, flags["checkpointing"], flags["input_grads"])
+        raise
+
+
+def _build_run(
+    model: nn.Module, data: Any, config: TrainConfig, output_dir: Path | None, evaluator: EvaluatorFactory | None,
+    known_metrics: tuple[str, ...] | None, snapshot: ModelSnapshot, flags: dict[str, bool],
+) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     wrapped = is_wrapped(model)
-    strategy = state_of(model).strategy if wrapped else None
-    _model_checks(model, data, wrapped)
-    own_attributes = {name for name in ("forward", "_original_forward") if name in vars(model)}
-    was_training = model.training
     _reset_accelerate()
     try:
         accelerator = Accelerator(
@@ -219,19 +293,15 @@ def prepare_run(
         raise ConfigError(f"Accelerate cannot set up this run: {exc}") from exc
     set_seed(config.seed)
 
-    enabled_checkpointing = enabled_input_grads = False
     if config.gradient_checkpointing:
-        if not getattr(model, "supports_gradient_checkpointing", False):
-            raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing; "
-                              "train without gradient_checkpointing.")
         if not getattr(model, "is_gradient_checkpointing", False):
+            flags["checkpointing"] = True
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            enabled_checkpointing = True
         embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         if wrapped and embeddings is not None and not any(p.requires_grad for p in embeddings.parameters()):
             # A frozen embedding gives checkpointed blocks inputs without grad; make them require it.
+            flags["input_grads"] = True
             model.enable_input_require_grads()
-            enabled_input_grads = True
 
     check_labels = None  # the number of classes the head can output
     if data.task in CLASSIFICATION_TASKS:
@@ -263,33 +333,16 @@ def prepare_run(
     scheduler_name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
     scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-
-    if evaluator is None and data.task not in LM_TASKS:
-        from petl.metrics import evaluator_for
-
-        evaluator_for(data.task, data.label_names)  # fail now, not at the first evaluation
-
-        def evaluator() -> Any:
-            return evaluator_for(data.task, data.label_names)
-
-        known_metrics: tuple[str, ...] | None = REPORTED_METRICS[data.task]
-    else:
-        known_metrics = REPORTED_METRICS[data.task] if evaluator is None else None
-    if output_dir is not None and accelerator.is_main_process:
-        atomic_write_json(output_dir / CONFIG_NAME, config.to_dict(), sort_keys=False)
-    if config.log_with is not None:
-        accelerator.init_trackers("petl", config={k: v for k, v in config.to_dict().items()
-                                                  if isinstance(v, (int, float, str, bool))})
     logger.info("Training %s for %d steps (%d per epoch) on %d process(es).",
                 "the adapter" if wrapped else "every parameter", total_steps, steps_per_epoch,
                 accelerator.num_processes)
     prepared_model.train()
     return Run(
         config=config, task=data.task, accelerator=accelerator, model=prepared_model,
-        unwrapped=accelerator.unwrap_model(prepared_model), strategy=strategy, trainable=trainable,
-        optimizer=prepared_optimizer, scheduler=scheduler, train_loader=train_loader, eval_loader=eval_loader,
-        sampler=sampler, total_steps=total_steps, steps_per_epoch=steps_per_epoch, output_dir=output_dir,
-        evaluator_factory=evaluator, known_metrics=known_metrics, own_attributes=own_attributes,
-        was_training=was_training, enabled_checkpointing=enabled_checkpointing,
-        enabled_input_grads=enabled_input_grads,
+        unwrapped=accelerator.unwrap_model(prepared_model), strategy=state_of(model).strategy if wrapped else None,
+        trainable=trainable, learning_rate=lr, optimizer=prepared_optimizer, scheduler=scheduler,
+        train_loader=train_loader, eval_loader=eval_loader, sampler=sampler, total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch, output_dir=output_dir, evaluator_factory=evaluator,
+        known_metrics=known_metrics, snapshot=snapshot, enabled_checkpointing=flags["checkpointing"],
+        enabled_input_grads=flags["input_grads"],
     )

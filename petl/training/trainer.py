@@ -82,8 +82,23 @@ def train(
 
     A model wrapped with ``petl.wrap`` trains its adapter (and fresh task head) only;
     a plain model is fine-tuned in full. The model is trained in place and is left
-    in its original train/eval mode, holding the best evaluated weights when
+    with its original train/eval modes and attributes (nothing Accelerate or gradient
+    checkpointing set stays on it), holding the best evaluated weights when
     ``config.load_best_at_end``.
+
+    ``config.seed`` seeds every generator when the run starts, so the data order,
+    dropout and the training itself repeat exactly. It does not reach the draws made
+    before this call: the adapter's initial weights (and a fresh head's) were drawn when
+    the model was loaded and wrapped, from whatever state the generators were in. Seed
+    before loading and wrapping (``transformers.set_seed(seed)``) for a run reproducible
+    end to end; ``petl train --seed`` does.
+
+    With ``config.resume``, the newest checkpoint in ``output_dir`` is read and checked
+    whole (every file present and readable; the same options, strategy, strategy
+    options and model; tensors that fit) before anything is loaded or any file of the
+    output folder is written, so a refused resume leaves the model and the folder as they
+    were. Log records the interrupted run wrote after that
+    checkpoint are dropped from ``log.jsonl``, since the resumed run writes them again.
 
     Args:
         model: The model, wrapped or plain, with a head for ``task``.
@@ -106,9 +121,11 @@ def train(
 
     Raises:
         PetlError: Bad data (missing columns, labels out of range), an unwritable
-            output folder (checked before training starts), a non-finite loss (the
-            message names the step; earlier checkpoints are kept), or a checkpoint
-            that does not fit on resume.
+            output folder (checked before training starts), or a non-finite loss (the
+            message names the step; earlier checkpoints are kept).
+        CheckpointError: On resume, a checkpoint that is incomplete, unreadable or
+            corrupted, or that belongs to another run (other options, strategy or
+            model); nothing was changed.
     """
     started = time.perf_counter()
     config = config if config is not None else TrainConfig()

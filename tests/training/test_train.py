@@ -20,8 +20,9 @@ import petl
 from petl.errors import ConfigError, PetlError
 from petl.strategies.lora import LoraConfig, LoraStrategy
 from petl.training import TrainConfig, TrainResult, train
-from petl.training.checkpoint import latest_checkpoint, read_checkpoint, trainable_state
+from petl.training.checkpoint import latest_checkpoint, trainable_state
 from petl.training.evaluation import BestTracker, example_losses
+from petl.training.resume import read_checkpoint
 from petl.training.step import build_optimizer
 
 MODELS = {  # task -> (architecture, head) of tests/tiny_models.py
