@@ -8,15 +8,24 @@ A saved folder holds:
 * whatever extra files the strategy asks for (LoRA writes peft's
   ``adapter_config.json`` so that ``peft.PeftModel.from_pretrained`` loads the folder).
 
-Every file is written to a temporary name in the target folder and renamed into
-place, so an interrupted save never leaves a half-written file under the real
-name. Weights are read with safetensors only; nothing is ever unpickled.
+``petl.save`` builds the whole folder beside the target and swaps it in
+(:func:`petl.files.replace_dir`), so a reader finds the old adapter or the new one,
+never a mix, and files of an earlier save (another strategy's ``adapter_config.json``)
+do not survive. It refuses a folder that is not empty and was not written by
+``petl.save``, rather than delete what is in it; files someone added to an adapter
+folder (a tokenizer, a README) are carried over. ``petl_config.json`` lists the files
+petl wrote, which is how the next save tells them apart.
+
+``petl.load`` checks every field of ``petl_config.json`` and every tensor before it
+touches the model, and is a transaction: on any failure the model is left exactly as
+it was. Weights are read with safetensors only; nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +36,20 @@ from torch import nn
 
 from petl.core import registry
 from petl.core.validators import check_state_dict
-from petl.core.wrapping import model_signature, state_of, unwrap, wrap
+from petl.core.wrapping import Snapshot, _describe, model_signature, state_of, wrap
 from petl.errors import CheckpointError, PetlError
-from petl.files import atomic_write, atomic_write_json, atomic_write_text
+from petl.files import replace_dir
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load", "save"]
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "petl_config.json"
 FORMAT_VERSION = 1
+LEGACY_FILES = (WEIGHTS_NAME, CONFIG_NAME, "adapter_config.json")
+"""What a save from before ``petl_config.json`` listed its files may have written."""
+_SIGNATURE_TYPES: dict[str, type] = {
+    "class": str, "model_type": str, "hidden_size": int, "num_hidden_layers": int, "task": str,
+}
 
 
 def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -50,44 +64,139 @@ def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Save the adapter of a wrapped model (not the base weights) to a folder.
 
+    The folder is built complete beside ``path`` and then put in its place, so an
+    interrupted save (an error, Ctrl-C, ``kill -9``) leaves the previous folder as it
+    was, and a reader never sees a mix of two saves.
+
     Args:
         model: A model wrapped with ``petl.wrap``.
-        path: The folder; created if needed. Files of an earlier save are replaced.
+        path: The folder: new, empty, or written by an earlier ``petl.save``, whose
+            files it replaces (files that save did not write are kept).
 
     Returns:
         The folder's path.
 
     Raises:
         NotWrappedError: The model is not wrapped.
-        PetlError: The folder cannot be created or written.
+        PetlError: The adapter's tensors hold no values (meta device), or the folder
+            holds files that ``petl.save`` did not write, or cannot be created or written.
     """
     state = state_of(model)
     folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PetlError(f"Cannot create the adapter folder {folder}: {exc}. Choose a writable path.") from exc
-    tensors = {key: t.detach().to("cpu").contiguous().clone() for key, t in adapter_tensors(model).items()}
+    tensors = _tensors_to_write(model)
+    extra = dict(state.strategy.extra_files(model))
+    bad = [name for name in extra if name in (WEIGHTS_NAME, CONFIG_NAME) or Path(name).name != name]
+    if bad:
+        raise PetlError(
+            f"The {state.strategy.config.strategy!r} strategy asks petl.save to write the extra files {bad}; "
+            f"extra files must be plain file names other than {WEIGHTS_NAME} and {CONFIG_NAME}. "
+            "Fix the strategy's extra_files()."
+        )
     description = {
         "format_version": FORMAT_VERSION,
         "strategy": state.strategy.config.strategy,
         "config": state.strategy.config.to_dict(),
         "model": state.signature,
+        "files": sorted([WEIGHTS_NAME, CONFIG_NAME, *extra]),
     }
+    kept = _files_to_keep(folder, set(description["files"]))
+
+    def fill(tmp: Path) -> None:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        for name, text in extra.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        for entry in kept:
+            _carry(entry, tmp / entry.name)
+        (tmp / CONFIG_NAME).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
     try:
-        atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        for name, text in state.strategy.extra_files(model).items():
-            atomic_write_text(folder / name, text)
-        atomic_write_json(folder / CONFIG_NAME, description)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PetlError(f"Cannot create the adapter folder {folder}: {exc}. Choose a writable path.") from exc
+    try:
+        replace_dir(folder, fill)
     except OSError as exc:
         raise PetlError(f"Cannot write the adapter to {folder}: {exc}. Choose a writable path.") from exc
     return folder
 
 
+def _tensors_to_write(model: nn.Module) -> dict[str, torch.Tensor]:
+    tensors = adapter_tensors(model)
+    meta = sorted(key for key, tensor in tensors.items() if tensor.is_meta)
+    if meta:
+        raise PetlError(
+            f"{len(meta)} adapter tensor(s) of this {type(model).__name__} are on the meta device, so they hold no "
+            f"values to save ({', '.join(meta[:3])}{', ...' if len(meta) > 3 else ''}). Load the model's weights "
+            "onto a real device (without device_map offloading to 'meta') before wrapping and saving it."
+        )
+    return {key: t.detach().to("cpu").contiguous().clone() for key, t in tensors.items()}
+
+
+def _files_to_keep(folder: Path, ours: set[str]) -> list[Path]:
+    """What an existing ``folder`` holds that a new save must carry over; refuse a folder petl did not write."""
+    if not os.path.lexists(folder):
+        return []
+    if not folder.is_dir():
+        raise PetlError(f"{folder} is a file, not a folder. Pass a folder path to petl.save.")
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise PetlError(f"Cannot read the adapter folder {folder}: {exc}. Choose a readable path.") from exc
+    if not entries:
+        return []
+    if not (folder / CONFIG_NAME).is_file():
+        names = ", ".join(entry.name for entry in entries[:10]) + (", ..." if len(entries) > 10 else "")
+        raise PetlError(
+            f"{folder} is not an adapter folder written by petl.save (it holds: {names}); petl.save replaces the "
+            "whole folder, so it will not delete these. Choose an empty or new folder."
+        )
+    written = ours | _files_written_before(folder)
+    return [entry for entry in entries if entry.name not in written and not _is_temporary(entry.name, written)]
+
+
+def _files_written_before(folder: Path) -> set[str]:
+    try:
+        files = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        files = None
+    if isinstance(files, list) and all(isinstance(name, str) for name in files):
+        return set(files)
+    return set(LEGACY_FILES)
+
+
+def _is_temporary(name: str, written: set[str]) -> bool:
+    # Saves before whole-folder replacement wrote each file to ``.NAME.XXXXXXXX.tmp`` inside the folder.
+    return name.endswith(".tmp") and any(name.startswith(f".{ours}.") for ours in written)
+
+
+def _carry(source: Path, target: Path) -> None:
+    """Put ``source`` at ``target`` as hard links where possible (no data copied), else as a copy."""
+    if source.is_symlink():
+        os.symlink(os.readlink(source), target)
+    elif source.is_dir():
+        shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(source, target)
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _corrupted(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(f"{path} is corrupted: {problem}. Save the adapter again with petl.save.")
+
+
 def _read_description(folder: Path) -> dict[str, Any]:
     config_path = folder / CONFIG_NAME
     if not folder.is_dir():
-        raise CheckpointError(f"No adapter folder at {folder}. Pass the folder that petl.save wrote.")
+        aside = folder.with_name(f".{folder.name}.old")
+        hint = (f" An interrupted save left the previous adapter in {aside}; the next petl.save to {folder} puts "
+                "it back first, or rename it yourself." if aside.is_dir() else "")
+        raise CheckpointError(f"No adapter folder at {folder}. Pass the folder that petl.save wrote.{hint}")
     if not config_path.is_file():
         raise CheckpointError(
             f"{folder} has no {CONFIG_NAME}, so it was not written by petl.save "
@@ -95,11 +204,31 @@ def _read_description(folder: Path) -> dict[str, Any]:
         )
     try:
         description = json.loads(config_path.read_text(encoding="utf-8"))
-        description["strategy"], description["config"], description["model"]  # noqa: B018
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
+        raise _corrupted(config_path, f"it is not valid JSON ({exc})") from exc
+    if not isinstance(description, dict):
+        raise _corrupted(config_path, f"it holds a {type(description).__name__}, not an object")
+    version = description.get("format_version", FORMAT_VERSION)  # the first saves may not have had it
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _corrupted(config_path, f"format_version is {version!r}, not a positive integer")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{config_path} is corrupted ({exc}). Save the adapter again with petl.save."
-        ) from exc
+            f"{config_path} has format_version {version}; this petl reads format {FORMAT_VERSION} and older. "
+            "Upgrade petl to load this adapter."
+        )
+    for key, kind, what in (("strategy", str, "a strategy name"), ("config", dict, "an object of options"),
+                            ("model", dict, "an object describing the model")):
+        if key not in description:
+            raise _corrupted(config_path, f"the {key!r} field is missing")
+        if not isinstance(description[key], kind):
+            raise _corrupted(config_path, f"{key!r} is {description[key]!r}, not {what}")
+    for key, value in description["model"].items():
+        kind = _SIGNATURE_TYPES.get(key)
+        if value is not None and kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise _corrupted(config_path, f"model.{key} is {value!r}, not a {kind.__name__}")
+    files = description.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        raise _corrupted(config_path, f"'files' is {files!r}, not a list of file names")
     return description
 
 
@@ -117,44 +246,75 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def _check_signature(model: nn.Module, saved: dict[str, Any], folder: Path) -> None:
     current = model_signature(model)
-    for key in ("model_type", "hidden_size", "num_hidden_layers"):
+    # A key the saved signature lacks (``task``, before it was recorded) is not compared.
+    for key in ("model_type", "task", "hidden_size", "num_hidden_layers"):
         if saved.get(key) is not None and current.get(key) is not None and saved[key] != current[key]:
             raise CheckpointError(
-                f"The adapter in {folder} was trained on a {saved['class']} "
+                f"The adapter in {folder} was trained on a {saved.get('class') or 'different model'} "
                 f"({key}={saved[key]!r}); this model is a {current['class']} ({key}={current[key]!r}). "
-                "Load it onto the same base model it was trained on."
+                "Load it onto the same base model, with the same task head, it was trained on."
             )
+
+
+def _strategy_config(description: dict[str, Any], folder: Path) -> Any:
+    """The strategy config the folder describes, checked in full before the model is touched."""
+    name = description["strategy"]
+    try:
+        cls = registry.get(name)
+    except PetlError as exc:
+        raise CheckpointError(
+            f"The adapter in {folder} was saved with a strategy this petl does not know: {exc} "
+            "If a plugin provides it, install and import the plugin before petl.load."
+        ) from exc
+    try:
+        return cls.config_class.from_dict(description["config"])
+    except PetlError as exc:
+        raise CheckpointError(
+            f"The options in {folder / CONFIG_NAME} are not valid for the {name!r} strategy: {exc} "
+            "Save the adapter again with petl.save."
+        ) from exc
 
 
 def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Wrap ``model`` with the adapter saved at ``path`` and return it.
 
     The strategy and its options come from the folder, so they need not be repeated.
-    On any error the model is left exactly as it was.
+    Every field and tensor is checked, and on any error (including Ctrl-C) the model is
+    left exactly as it was (see :class:`petl.core.wrapping.Snapshot`).
 
     Raises:
         CheckpointError: The folder or a file in it is missing, truncated,
-            corrupted, or belongs to another model.
+            corrupted, or belongs to another model, another task head or a newer petl;
+            or the strategy failed to take the saved tensors.
         AlreadyWrappedError: The model already carries a petl strategy.
     """
     folder = Path(path)
     description = _read_description(folder)
     weights = _read_weights(folder)
     _check_signature(model, description["model"], folder)
-    cls = registry.get(description["strategy"])
-    config = cls.config_class.from_dict(description["config"])
+    config = _strategy_config(description, folder)
+    snapshot = Snapshot(model)
     wrap(model, config)
     try:
-        expected = adapter_tensors(model)
-        check_state_dict(expected, weights, source=f"The adapter in {folder}",
-                         fix="Load it onto the same base model it was trained on.")
-        state = state_of(model)
-        head_keys = set(state.heads.state_dict(model)) if state.heads is not None else set()
-        with torch.no_grad():
-            for key in head_keys:
-                expected[key].copy_(weights[key])
-        state.strategy.load_adapter_state_dict(model, {k: v for k, v in weights.items() if k not in head_keys})
-    except BaseException:
-        unwrap(model)
-        raise
+        _copy_weights(model, weights, folder)
+    except BaseException as exc:
+        snapshot.restore()
+        if isinstance(exc, PetlError) or not isinstance(exc, Exception):
+            raise
+        raise CheckpointError(
+            f"The adapter in {folder} could not be loaded into this {type(model).__name__}: {_describe(exc)}. "
+            "The model was left as it was."
+        ) from exc
     return model
+
+
+def _copy_weights(model: nn.Module, weights: dict[str, torch.Tensor], folder: Path) -> None:
+    expected = adapter_tensors(model)
+    check_state_dict(expected, weights, source=f"The adapter in {folder}",
+                     fix="Load it onto the same base model it was trained on.")
+    state = state_of(model)
+    head_keys = set(state.heads.state_dict(model)) if state.heads is not None else set()
+    with torch.no_grad():
+        for key in head_keys:
+            expected[key].copy_(weights[key])
+    state.strategy.load_adapter_state_dict(model, {k: v for k, v in weights.items() if k not in head_keys})

@@ -42,7 +42,10 @@ class Strategy(Protocol):
         """Add the adapter to ``model`` in place; only the adapter may require grad.
 
         The caller has already frozen every base parameter. Raise a ``PetlError``
-        (and leave the model as it was) when the model cannot take the adapter.
+        when the model cannot take the adapter. ``petl.wrap`` undoes whatever an
+        ``inject`` that raises has changed in the module tree (modules, classes,
+        attributes, hooks, ``requires_grad``, model configs) but clones no tensor, so
+        ``inject`` must never change an existing tensor in place.
         """
 
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
