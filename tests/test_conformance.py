@@ -23,6 +23,8 @@ import petl
 from petl.core.io import adapter_tensors
 from petl.core.wrapping import is_wrapped, state_of
 from petl.errors import AlreadyWrappedError, NotMergeableError, UnsupportedModelError
+from petl.training.config import TrainConfig
+from petl.training.step import StepRunner
 
 STRATEGIES = petl.available()
 CASES = [pytest.param(s, a, h, id=f"{s}-{a}-{h}") for s in STRATEGIES for a, h in T.CASES]
@@ -87,20 +89,11 @@ def _wrap_as_declared(model: torch.nn.Module, strategy: str, arch: str) -> bool:
 
 
 def _train_steps(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int = 2) -> None:
-    strategy = state_of(model).strategy
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    """Optimizer steps as petl.train takes them (the strategy's three hooks included), planned for 10."""
     model.train()
-    strategy.on_train_begin(model, 10)
-    for step in range(1, steps + 1):
-        loss = model(**batch).loss
-        extra = strategy.regularization_loss(model)
-        if extra is not None:
-            loss = loss + extra
-        loss.backward()
-        optimizer.step()
-        strategy.on_step_end(model, step)
-        optimizer.zero_grad()
+    step = StepRunner(model, TrainConfig(learning_rate=1e-2, max_grad_norm=None), total_steps=10)
+    for _ in range(steps):
+        step(batch)
     model.eval()
 
 

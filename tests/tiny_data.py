@@ -44,3 +44,21 @@ def task_data(task: str, n_train: int = 24, n_eval: int = 12, pad_id: int = 0) -
         num_labels=tm.NUM_LABELS if classification else None,
         label_names=TAGS if classification else None,
     )
+
+
+class Interrupt(Exception):
+    """Raised by :func:`interrupt_after` in the middle of a training run."""
+
+
+def interrupt_after(model: torch.nn.Module, forwards: int) -> None:
+    """Raise :class:`Interrupt` inside the training forward pass after ``forwards`` of them
+    (one per optimizer step without accumulation), through a hook on ``model.classifier``."""
+    calls = {"n": 0}
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] > forwards:
+                raise Interrupt
+
+    model.classifier.register_forward_hook(hook)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from petl.core.config import StrategyConfig
 from petl.core.heads import HeadState, resolve_heads
 from petl.core.strategy import Strategy
 from petl.errors import AlreadyWrappedError, ConfigError, NotWrappedError, PetlError, UnsupportedModelError
+from petl.modeling.configs import model_configs
 from petl.tasks import task_of_model
 
 __all__ = ["Snapshot", "WrapState", "is_wrapped", "merge", "model_signature", "state_of", "unwrap", "wrap"]
@@ -117,12 +117,6 @@ def _contents(value: dict[Any, Any] | list[Any] | set[Any]) -> Any:
     return list(value) if isinstance(value, list) else value.copy() if isinstance(value, set) else dict(value)
 
 
-def _config_class() -> type | None:
-    # Without transformers imported there is no config to record (and petl need not import it).
-    module = sys.modules.get("transformers.configuration_utils")
-    return getattr(module, "PretrainedConfig", None)
-
-
 class Snapshot:
     """The state of a model that a strategy's ``inject`` may change, to put back on failure.
 
@@ -142,7 +136,8 @@ class Snapshot:
         modules = list(model.modules())
         self.wrapped = _ATTR in vars(model)
         self.requires_grad = [(param, param.requires_grad) for param in model.parameters()]
-        self.objects = [_Frozen(module) for module in modules] + [_Frozen(c) for c in _configs(modules)]
+        configs = model_configs(modules, nested=True)
+        self.objects = [_Frozen(module) for module in modules] + [_Frozen(config) for config in configs]
 
     def restore(self) -> None:
         """Put the model back as it was when the snapshot was taken.
@@ -158,20 +153,6 @@ class Snapshot:
                 frozen.restore()
             for param, requires_grad in self.requires_grad:
                 param.requires_grad_(requires_grad)
-
-
-def _configs(modules: list[nn.Module]) -> list[Any]:
-    cls = _config_class()
-    if cls is None:
-        return []
-    found: dict[int, Any] = {}
-    pending = [getattr(module, "config", None) for module in modules]
-    while pending:
-        config = pending.pop()
-        if isinstance(config, cls) and id(config) not in found:
-            found[id(config)] = config
-            pending.extend(value for value in vars(config).values() if isinstance(value, cls))  # sub-configs
-    return list(found.values())
 
 
 @contextmanager

@@ -26,19 +26,10 @@ import torch
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
+from petl.core import validators as v
 from petl.core.config import StrategyConfig
 from petl.core.registry import register
 from petl.core.strategy import StrategyBase
-from petl.core.validators import (
-    check,
-    check_bool,
-    check_choice,
-    check_float32,
-    check_number,
-    check_positive_int,
-    set_field,
-    str_tuple,
-)
 from petl.errors import PetlError, TargetNotFoundError
 from petl.modeling.layers import linear_layer_names
 
@@ -79,16 +70,16 @@ class LoraConfig(StrategyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("r", self.r)
-        check_number("alpha", self.alpha, low=0, low_open=True)
-        check_float32("alpha", self.alpha)  # the update is multiplied by alpha / r in the layer's dtype
-        check_number("dropout", self.dropout, low=0, high=1)
-        check_choice("bias", self.bias, ("none", "all", "lora_only"))
-        check_bool("use_rslora", self.use_rslora)
+        v.check_positive_int("r", self.r)
+        v.check_number("alpha", self.alpha, low=0, low_open=True)
+        v.check_float32("alpha", self.alpha)  # the update is multiplied by alpha / r in the layer's dtype
+        v.check_number("dropout", self.dropout, low=0, high=1)
+        v.check_choice("bias", self.bias, ("none", "all", "lora_only"))
+        v.check_bool("use_rslora", self.use_rslora)
         if self.target_modules is not None and not isinstance(self.target_modules, str):
-            set_field(self, "target_modules", str_tuple("target_modules", self.target_modules))
+            v.set_field(self, "target_modules", v.str_tuple("target_modules", self.target_modules))
         if isinstance(self.target_modules, tuple):
-            check(len(self.target_modules) > 0, "target_modules must not be empty; pass None for the defaults.")
+            v.check(len(self.target_modules) > 0, "target_modules must not be empty; pass None for the defaults.")
 
 
 @register("lora")

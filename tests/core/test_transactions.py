@@ -23,7 +23,6 @@ import pytest
 import tiny_models as T
 import torch
 from torch import nn
-from transformers import PretrainedConfig
 
 import petl
 from petl.core import registry, wrapping
@@ -31,6 +30,7 @@ from petl.core.config import StrategyConfig
 from petl.core.strategy import StrategyBase
 from petl.core.wrapping import is_wrapped
 from petl.errors import CheckpointError, PetlError, UnsupportedModelError
+from petl.modeling.configs import model_configs
 from petl.strategies import bottleneck, lora
 from petl.strategies.prefix import strategy as prefix
 
@@ -45,15 +45,6 @@ class Injected(RuntimeError):
 # -- what "unchanged" means ------------------------------------------------------------------------------
 
 
-def _configs(model: nn.Module) -> list[PretrainedConfig]:
-    seen: dict[int, PretrainedConfig] = {}
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if isinstance(config, PretrainedConfig):
-            seen.setdefault(id(config), config)
-    return list(seen.values())
-
-
 def fingerprint(model: nn.Module, arch: str, head: str) -> dict[str, Any]:
     """Everything wrap could change, as plain values (tensors cloned: the models are tiny)."""
     return {
@@ -64,7 +55,7 @@ def fingerprint(model: nn.Module, arch: str, head: str) -> dict[str, Any]:
         "hooks": [(name, {k: len(v) for k, v in vars(m).items() if "hooks" in k}) for name, m in model.named_modules()],
         "attrs": [(name, set(vars(m))) for name, m in model.named_modules()],
         "training": [m.training for m in model.modules()],
-        "configs": [(c._attn_implementation_internal, dict(vars(c))) for c in _configs(model)],
+        "configs": [(c._attn_implementation_internal, dict(vars(c))) for c in model_configs(model)],
         "logits": T.logits(model, T.inputs(arch, head)),
     }
 

@@ -26,6 +26,7 @@ from petl.core.wrapping import is_wrapped, state_of
 from petl.errors import ConfigError
 from petl.strategies.adalora import AdaLoraConfig, AdaLoraStrategy, check_schedule
 from petl.training import TrainConfig, train
+from petl.training.step import StepRunner
 
 ARCH, HEAD = "bert", "seq-cls"
 ADAPTED = 4  # peft's BERT default: query and value in each of the 2 layers
@@ -49,21 +50,13 @@ def _adapted(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _train(model: nn.Module, steps: int, each_step: Any = None) -> None:
-    """A plain loop with the three strategy hooks; ``each_step(step)`` runs after every step."""
-    strategy = _strategy(model)
+    """Optimizer steps as petl.train takes them (the three strategy hooks included); ``each_step(step)``
+    runs after every step."""
     batch = T.inputs(ARCH, HEAD, batch=4)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    strategy.on_train_begin(model, steps)
     model.train()
+    runner = StepRunner(model, TrainConfig(learning_rate=1e-2, max_grad_norm=None), total_steps=steps)
     for step in range(1, steps + 1):
-        loss = model(**batch).loss
-        extra = strategy.regularization_loss(model)
-        if extra is not None:
-            loss = loss + extra
-        loss.backward()
-        optimizer.step()
-        strategy.on_step_end(model, step)
-        optimizer.zero_grad()
+        runner(batch)
         if each_step is not None:
             each_step(step)
     model.eval()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tiny_models as tm
 import torch
-from tiny_data import task_data
+from tiny_data import Interrupt, interrupt_after, task_data
 
 import petl
 from petl.errors import CheckpointError
@@ -46,20 +46,6 @@ def _model(full: bool = False) -> torch.nn.Module:
     return model if full else petl.wrap(model, "lora", r=4, dropout=0.1)
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_after(model: torch.nn.Module, forwards: int) -> None:
-    calls = {"n": 0}
-
-    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-        if module.training:
-            calls["n"] += 1
-            if calls["n"] > forwards:
-                raise Interrupt
-
-    model.classifier.register_forward_hook(hook)
 
 
 @pytest.mark.parametrize("full, optimizer", [(False, "adamw"), (True, "adamw8bit")])
@@ -73,7 +59,7 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path: Path, ful
     expected = train(straight, data, config=config.replace(output_dir=str(tmp_path / "straight")))
 
     broken = _model(full)
-    _interrupt_after(broken, forwards=13)
+    interrupt_after(broken, forwards=13)
     with pytest.raises(Interrupt):
         train(broken, data, config=config.replace(output_dir=str(tmp_path / "resumed")))
     assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint-4"
@@ -99,7 +85,7 @@ def test_adalora_resumes_with_its_importance_scores_and_rank_pattern(tmp_path: P
     straight = model()
     expected = train(straight, data, config=config.replace(output_dir=str(tmp_path / "a")))
     broken = model()
-    _interrupt_after(broken, forwards=9)  # inside the final phase, where the rank pattern masks the triplets
+    interrupt_after(broken, forwards=9)  # inside the final phase, where the rank pattern masks the triplets
     with pytest.raises(Interrupt):
         train(broken, data, config=config.replace(output_dir=str(tmp_path / "b")))
     resumed_model = model()
@@ -150,7 +136,7 @@ def test_checkpoints_hold_no_pickles_and_load_without_unpickling(tmp_path: Path,
     data = task_data("sequence-classification")
     config = TrainConfig(max_steps=4, batch_size=4, save_steps=2, progress_bar=False, output_dir=str(tmp_path))
     interrupted = _model()
-    _interrupt_after(interrupted, forwards=2)
+    interrupt_after(interrupted, forwards=2)
     with pytest.raises(Interrupt):
         train(interrupted, data, config=config)
     suffixes = {p.suffix for p in (tmp_path / "checkpoint-2").iterdir()}
@@ -204,7 +190,7 @@ def test_strategy_training_state_is_checkpointed(tmp_path: Path) -> None:
         straight = model()
         train(straight, data, config=config.replace(output_dir=str(tmp_path / "a")))
         broken = model()
-        _interrupt_after(broken, forwards=4)
+        interrupt_after(broken, forwards=4)
         with pytest.raises(Interrupt):
             train(broken, data, config=config.replace(output_dir=str(tmp_path / "b")))
         resumed = model()

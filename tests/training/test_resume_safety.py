@@ -15,7 +15,7 @@ import tiny_models as tm
 import torch
 import transformers as tf
 from safetensors.torch import load_file, save_file
-from tiny_data import task_data
+from tiny_data import Interrupt, interrupt_after, task_data
 
 import petl
 from petl.errors import CheckpointError
@@ -36,21 +36,6 @@ def _model(strategy: str = "lora", layers: int = 2, **options: Any) -> torch.nn.
     return petl.wrap(model, strategy, **({"r": 4, "dropout": 0.1} if strategy == "lora" else {}) | options)
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_after(model: torch.nn.Module, forwards: int) -> None:
-    """Raise inside the training forward pass after ``forwards`` of them (one per step here)."""
-    calls = {"n": 0}
-
-    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-        if module.training:
-            calls["n"] += 1
-            if calls["n"] > forwards:
-                raise Interrupt
-
-    model.classifier.register_forward_hook(hook)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -67,7 +52,7 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An output folder of a run stopped in step 6, after its checkpoint at step 4 and step 5's log record."""
     folder = tmp_path_factory.mktemp("interrupted") / "run"
     model = _model()
-    _interrupt_after(model, forwards=5)  # the 6th step's forward raises
+    interrupt_after(model, forwards=5)  # the 6th step's forward raises
     with pytest.raises(Interrupt):
         train(model, task_data("sequence-classification"), config=CONFIG.replace(output_dir=str(folder)))
     assert latest_checkpoint(folder).name == "checkpoint-4"

@@ -37,6 +37,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from petl.errors import UnsupportedModelError
+from petl.modeling.configs import model_configs
 
 __all__ = [
     "NAMES",
@@ -187,15 +188,6 @@ def _register() -> None:
         AttentionMaskInterface.register(name, _prefix_mask)
 
 
-def _configs(model: nn.Module) -> list[PretrainedConfig]:
-    seen: dict[int, PretrainedConfig] = {}
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if isinstance(config, PretrainedConfig):
-            seen.setdefault(id(config), config)
-    return list(seen.values())
-
-
 def switch_attention(model: nn.Module) -> list[tuple[PretrainedConfig, str | None]]:
     """Point every config of ``model`` at petl's prefix attention.
 
@@ -207,7 +199,7 @@ def switch_attention(model: nn.Module) -> list[tuple[PretrainedConfig, str | Non
             configs uses an implementation other than ``eager`` or ``sdpa``.
     """
     _register()
-    configs = _configs(model)
+    configs = model_configs(model)
     if not configs:
         raise UnsupportedModelError(
             f"{type(model).__name__} has no transformers config, so its attention does not go through "
