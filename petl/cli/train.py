@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     else:  # an unknown strategy or option fails now, with a suggestion, before anything is loaded
         get(args.strategy).config_class.from_dict(options)
     _check_options(args, config)
-    check_output_dir(args.output)  # before minutes of loading go into a run that cannot save
+    check_output_dir(args.output, resume=args.resume)  # before minutes of loading go into a run that cannot save
     if args.resume:  # a checkpoint of other options is refused now; petl.train checks the rest before loading it
         check_resume_options(args.output, config, None if args.strategy == FULL else args.strategy)
     tokenizer = load_tokenizer(args.tokenizer or args.model)

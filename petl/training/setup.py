@@ -29,6 +29,7 @@ from petl.core.wrapping import is_wrapped, state_of
 from petl.errors import ConfigError, PetlError
 from petl.files import atomic_write_json, replace_dir
 from petl.tasks import CLASSIFICATION_TASKS, LM_TASKS, REPORTED_METRICS
+from petl.training.checkpoint import latest_checkpoint
 from petl.training.config import TrainConfig, default_learning_rate
 from petl.training.data import CheckedCollator, EpochOrder
 from petl.training.evaluation import EvaluatorFactory
@@ -60,14 +61,18 @@ def _partial_state() -> Any:
     return PartialState(cpu=_cpu_processes())
 
 
-def check_output_dir(output_dir: str | None) -> Path | None:
+def check_output_dir(output_dir: str | None, *, resume: bool = False) -> Path | None:
     """Create ``output_dir`` and prove it writable, before any training time is spent.
 
     The main process creates and probes the folder; the others only check that they
-    can write there, so under data parallelism no other process writes a file.
+    can write there, so under data parallelism no other process writes a file. A fresh
+    run (``resume=False``) refuses a folder that holds an earlier run's checkpoints:
+    checkpoint rotation keeps the highest step numbers, so the new run would delete its
+    own checkpoints and a later resume would pick up the old run.
 
     Raises:
-        PetlError: The folder cannot be created or written (on every process).
+        PetlError: The folder cannot be created or written (on every process), or it
+            holds checkpoints and ``resume`` is false.
     """
     if output_dir is None:
         return None
@@ -89,6 +94,13 @@ def check_output_dir(output_dir: str | None) -> Path | None:
         raise PetlError(
             f"The output folder {folder} is not writable ({problem}). "
             "Choose another output_dir (--output), or fix its permissions."
+        )
+    earlier = None if resume else latest_checkpoint(folder)
+    if earlier is not None:
+        raise PetlError(
+            f"The output folder {folder} holds {earlier.name} of an earlier run. Pass resume=True (--resume) to "
+            "continue that run, or choose a new output folder: a fresh run would delete its own checkpoints and "
+            "leave the earlier run's."
         )
     return folder
 

@@ -132,7 +132,7 @@ def train(
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"config must be a petl.TrainConfig, got {type(config).__name__}.")
     data = resolve_data(model, train_data, eval_data, tokenizer=tokenizer, task=task, data_options=data_options)
-    output_dir = check_output_dir(config.output_dir)
+    output_dir = check_output_dir(config.output_dir, resume=config.resume)
     run = prepare_run(model, data, config, output_dir, evaluator)
     try:
         result = TrainLoop(run).execute()

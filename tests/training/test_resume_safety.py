@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from tiny_data import Interrupt, interrupt_after, task_data
 
 import petl
-from petl.errors import CheckpointError
+from petl.errors import CheckpointError, PetlError
 from petl.training import TrainConfig, train
 from petl.training.checkpoint import latest_checkpoint
 
@@ -182,10 +182,25 @@ def test_resuming_a_finished_run_writes_the_same_log(tmp_path: Path) -> None:
 def test_a_fresh_run_starts_a_fresh_log(interrupted: Path, tmp_path: Path) -> None:
     folder = tmp_path / "run"
     shutil.copytree(interrupted, folder)
+    for checkpoint in folder.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)  # an earlier run that left only its log
     with (folder / "log.jsonl").open("a") as handle:
         handle.write('{"step": 7, "loss": 0.')  # a line cut short by a crash
     train(_model(), task_data("sequence-classification"), config=CONFIG.replace(output_dir=str(folder), max_steps=2))
     assert [r["step"] for r in _records(folder)] == [1, 2, 2]
+
+
+def test_a_fresh_run_refuses_a_folder_with_an_earlier_runs_checkpoints(interrupted: Path, tmp_path: Path) -> None:
+    # Rotation keeps the highest step numbers: a fresh run there would delete its own checkpoints, and a
+    # later resume would continue the earlier run.
+    folder = tmp_path / "run"
+    shutil.copytree(interrupted, folder)
+    before, model = _files(folder), _model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PetlError, match=r"holds checkpoint-\d+ of an earlier run\. Pass resume=True"):
+        train(model, task_data("sequence-classification"), config=CONFIG.replace(output_dir=str(folder), max_steps=2))
+    assert _files(folder) == before
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("strategy", ["lora", "bottleneck"])
