@@ -23,6 +23,7 @@ checkpoint's states).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from petl.core.params import copy_checked
 from petl.core.validators import check_state_dict
 from petl.core.wrapping import is_wrapped, model_signature, state_of
 from petl.errors import CheckpointError
@@ -267,17 +269,18 @@ def apply_checkpoint(checkpoint: Checkpoint, *, model: nn.Module, optimizer: Any
             previous = target.state_dict()
             undo.append(lambda target=target, previous=previous: target.load_state_dict(previous))
             target.load_state_dict(saved)
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C too: the objects already loaded get their state back
         for step in reversed(undo):
-            step()
+            with contextlib.suppress(Exception):  # the object that failed may refuse its old state too
+                step()
+        if not isinstance(exc, Exception):
+            raise
         raise CheckpointError(
             f"The checkpoint {checkpoint.folder} does not fit this run ({type(exc).__name__}: {exc}). Resume with "
             "the same model, strategy and optimizer options, or choose a fresh output folder."
         ) from exc
-    params = trainable_state(model)
-    with torch.no_grad():
-        for key, param in params.items():
-            param.copy_(checkpoint.weights[key])
+    copy_checked(trainable_state(model), checkpoint.weights, source=f"The checkpoint {checkpoint.folder}",
+                 fix="Resume with the same model and strategy options, or choose a fresh output folder.")
     set_rng_state(checkpoint.rng)
 
 

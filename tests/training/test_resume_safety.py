@@ -242,3 +242,30 @@ def test_a_setup_that_fails_after_preparing_the_model_undoes_it(monkeypatch: pyt
         train(model, task_data("sequence-classification"),
               config=TrainConfig(max_steps=2, batch_size=4, progress_bar=False, mixed_precision="bf16"))
     assert {name: set(vars(module)) for name, module in model.named_modules()} == attributes
+
+
+def test_ctrl_c_while_loading_a_checkpoint_rolls_back_what_was_loaded(interrupted: Path) -> None:
+    from petl.training.checkpoint import load_checkpoint
+    from petl.training.resume import apply_checkpoint
+    from petl.training.step import build_optimizer
+
+    model = _model()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = build_optimizer(model, CONFIG, 1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    before = optimizer.state_dict()
+
+    own_load, calls = scheduler.load_state_dict, []
+
+    def interrupted_load(state: Any) -> None:
+        calls.append(state)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # Ctrl-C while the checkpoint's scheduler state loads
+        own_load(state)  # the rollback puts its own state back
+
+    scheduler.load_state_dict = interrupted_load  # the optimizer has been loaded by then
+    with pytest.raises(KeyboardInterrupt):
+        apply_checkpoint(load_checkpoint(interrupted / "checkpoint-4"), model=model, optimizer=optimizer,
+                         scheduler=scheduler, scaler=None, strategy=petl.core.wrapping.state_of(model).strategy)
+    assert optimizer.state_dict()["state"] == before["state"] == {}
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
