@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_METRIC",
     "IGNORE_INDEX",
     "LM_TASKS",
+    "PEFT_TASK_TYPES",
     "REPORTED_METRICS",
     "TASKS",
     "auto_class_name",
@@ -51,6 +52,15 @@ AUTO_CLASSES = {
     "seq2seq": "AutoModelForSeq2SeqLM",
 }
 """The ``transformers`` auto class that loads a model with each task's head."""
+
+PEFT_TASK_TYPES = {
+    "sequence-classification": "SEQ_CLS",
+    "token-classification": "TOKEN_CLS",
+    "causal-lm": "CAUSAL_LM",
+    "seq2seq": "SEQ_2_SEQ_LM",
+}
+"""peft's ``TaskType`` for each task: the ``task_type`` of an ``adapter_config.json``, which
+picks the ``PeftModelFor...`` class (and ``AutoPeftModelFor...``) that loads the adapter."""
 
 _CLASS_SUFFIXES = {
     "sequence-classification": ("ForSequenceClassification",),

@@ -18,7 +18,9 @@ petl wrote, which is how the next save tells them apart.
 
 ``petl.load`` checks every field of ``petl_config.json`` and every tensor before it
 touches the model, and is a transaction: on any failure the model is left exactly as
-it was. Weights are read with safetensors only; nothing is ever unpickled.
+it was. Weights are read with safetensors only; nothing is ever unpickled. It also reads
+folders of peft's ``save_pretrained`` (:mod:`petl.core.peft_folders`). :func:`load_weights`
+copies a folder's tensors into a model already wrapped alike, all or nothing.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from petl.core import registry
+from petl.core import peft_folders, registry
+from petl.core.config import StrategyConfig
+from petl.core.distributed import gather_full, is_sharded, run_on_main_process
 from petl.core.validators import check_state_dict
-from petl.core.wrapping import Snapshot, _describe, model_signature, state_of, wrap
-from petl.errors import CheckpointError, PetlError
+from petl.core.wrapping import Snapshot, _describe, _interrupts_deferred, model_signature, state_of, wrap
+from petl.errors import CheckpointError, PetlError, TargetNotFoundError
 from petl.files import replace_dir
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load", "save"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load", "load_weights", "save"]
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "petl_config.json"
@@ -68,6 +72,13 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     interrupted save (an error, Ctrl-C, ``kill -9``) leaves the previous folder as it
     was, and a reader never sees a mix of two saves.
 
+    On a model sharded with FSDP2's ``fully_shard`` (DTensor parameters), every rank
+    must call ``petl.save`` with the same path: the shards are gathered into whole
+    tensors (a collective), rank 0 writes the folder, and the other ranks return once it
+    is written (see :mod:`petl.core.distributed`). The folder is the same as one saved
+    from the unsharded model. Without sharded tensors nothing is communicated: under
+    ``torch.distributed`` rank 0 writes and the other ranks return at once.
+
     Args:
         model: A model wrapped with ``petl.wrap``.
         path: The folder: new, empty, or written by an earlier ``petl.save``, whose
@@ -79,11 +90,12 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     Raises:
         NotWrappedError: The model is not wrapped.
         PetlError: The adapter's tensors hold no values (meta device), or the folder
-            holds files that ``petl.save`` did not write, or cannot be created or written.
+            holds files that ``petl.save`` did not write, or cannot be created or written;
+            on the other ranks of a sharded save, when rank 0 failed to write.
     """
     state = state_of(model)
     folder = Path(path)
-    tensors = _tensors_to_write(model)
+    tensors, sharded = _tensors_to_write(model)  # every rank, before anything that may raise on one rank only
     extra = dict(state.strategy.extra_files(model))
     bad = [name for name in extra if name in (WEIGHTS_NAME, CONFIG_NAME) or Path(name).name != name]
     if bad:
@@ -99,28 +111,40 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         "model": state.signature,
         "files": sorted([WEIGHTS_NAME, CONFIG_NAME, *extra]),
     }
-    kept = _files_to_keep(folder, set(description["files"]))
 
-    def fill(tmp: Path) -> None:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        for name, text in extra.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        for entry in kept:
-            _carry(entry, tmp / entry.name)
-        (tmp / CONFIG_NAME).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    def write() -> None:
+        kept = _files_to_keep(folder, set(description["files"]))
 
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PetlError(f"Cannot create the adapter folder {folder}: {exc}. Choose a writable path.") from exc
-    try:
-        replace_dir(folder, fill)
-    except OSError as exc:
-        raise PetlError(f"Cannot write the adapter to {folder}: {exc}. Choose a writable path.") from exc
+        def fill(tmp: Path) -> None:
+            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            for name, text in extra.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+            for entry in kept:
+                _carry(entry, tmp / entry.name)
+            (tmp / CONFIG_NAME).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n",
+                                           encoding="utf-8")
+
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PetlError(f"Cannot create the adapter folder {folder}: {exc}. Choose a writable path.") from exc
+        try:
+            replace_dir(folder, fill)
+        except OSError as exc:
+            raise PetlError(f"Cannot write the adapter to {folder}: {exc}. Choose a writable path.") from exc
+
+    # Only rank 0 writes. After a gather every rank is here, so the others wait for rank 0's outcome
+    # (success or its error), never on a barrier that a failing rank 0 would not reach.
+    run_on_main_process(write, collective=sharded, what=f"write the adapter to {folder}")
     return folder
 
 
-def _tensors_to_write(model: nn.Module) -> dict[str, torch.Tensor]:
+def _tensors_to_write(model: nn.Module) -> tuple[dict[str, torch.Tensor], bool]:
+    """The adapter's tensors as whole CPU copies, and whether gathering them took a collective (FSDP).
+
+    The meta check reads the local tensors (a DTensor's shard is on the meta device when
+    its whole is), so it raises on every rank alike before any rank enters a gather.
+    """
     tensors = adapter_tensors(model)
     meta = sorted(key for key, tensor in tensors.items() if tensor.is_meta)
     if meta:
@@ -129,7 +153,9 @@ def _tensors_to_write(model: nn.Module) -> dict[str, torch.Tensor]:
             f"values to save ({', '.join(meta[:3])}{', ...' if len(meta) > 3 else ''}). Load the model's weights "
             "onto a real device (without device_map offloading to 'meta') before wrapping and saving it."
         )
-    return {key: t.detach().to("cpu").contiguous().clone() for key, t in tensors.items()}
+    sharded = any(is_sharded(tensor) for tensor in tensors.values())
+    tensors = gather_full(tensors)  # under FSDP a collective: every rank is here, in the same order
+    return {key: t.detach().to("cpu").contiguous().clone() for key, t in tensors.items()}, sharded
 
 
 def _files_to_keep(folder: Path, ours: set[str]) -> list[Path]:
@@ -199,8 +225,9 @@ def _read_description(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"No adapter folder at {folder}. Pass the folder that petl.save wrote.{hint}")
     if not config_path.is_file():
         raise CheckpointError(
-            f"{folder} has no {CONFIG_NAME}, so it was not written by petl.save "
-            f"(files found: {sorted(p.name for p in folder.iterdir()) or 'none'})."
+            f"{folder} has neither {CONFIG_NAME} (written by petl.save) nor {peft_folders.PEFT_CONFIG_NAME} "
+            f"(written by peft's save_pretrained), so it holds no adapter petl can load "
+            f"(files found: {sorted(p.name for p in folder.iterdir()) or 'none'}). Pass an adapter folder."
         )
     try:
         description = json.loads(config_path.read_text(encoding="utf-8"))
@@ -256,6 +283,19 @@ def _check_signature(model: nn.Module, saved: dict[str, Any], folder: Path) -> N
             )
 
 
+def _read_folder(model: nn.Module, folder: Path) -> tuple[StrategyConfig, dict[str, torch.Tensor]]:
+    """The config and tensors of a folder of petl.save or of peft, checked against ``model`` (not changed)."""
+    if folder.is_dir() and not (folder / CONFIG_NAME).is_file() and (folder / peft_folders.PEFT_CONFIG_NAME).is_file():
+        adapter_config = peft_folders.read_adapter_config(folder)
+        weights = _read_weights(folder)
+        _check_signature(model, peft_folders.signature(adapter_config), folder)
+        return peft_folders.convert(adapter_config, weights, model, folder)
+    description = _read_description(folder)
+    weights = _read_weights(folder)
+    _check_signature(model, description["model"], folder)
+    return _strategy_config(description, folder), weights
+
+
 def _strategy_config(description: dict[str, Any], folder: Path) -> Any:
     """The strategy config the folder describes, checked in full before the model is touched."""
     name = description["strategy"]
@@ -278,23 +318,29 @@ def _strategy_config(description: dict[str, Any], folder: Path) -> Any:
 def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Wrap ``model`` with the adapter saved at ``path`` and return it.
 
-    The strategy and its options come from the folder, so they need not be repeated.
-    Every field and tensor is checked, and on any error (including Ctrl-C) the model is
-    left exactly as it was (see :class:`petl.core.wrapping.Snapshot`).
+    The strategy and its options come from the folder, so they need not be repeated:
+    from ``petl_config.json``, or, in a folder written by peft's ``save_pretrained``, from
+    peft's ``adapter_config.json`` (see :mod:`petl.core.peft_folders`). Every field and
+    tensor is checked, and on any error (including Ctrl-C) the model is left exactly as it
+    was (see :class:`petl.core.wrapping.Snapshot`).
 
     Raises:
         CheckpointError: The folder or a file in it is missing, truncated,
             corrupted, or belongs to another model, another task head or a newer petl;
-            or the strategy failed to take the saved tensors.
+            a peft folder uses options petl cannot reproduce; or the strategy failed to
+            take the saved tensors.
         AlreadyWrappedError: The model already carries a petl strategy.
     """
     folder = Path(path)
-    description = _read_description(folder)
-    weights = _read_weights(folder)
-    _check_signature(model, description["model"], folder)
-    config = _strategy_config(description, folder)
+    config, weights = _read_folder(model, folder)
     snapshot = Snapshot(model)
-    wrap(model, config)
+    try:
+        wrap(model, config)
+    except TargetNotFoundError as exc:  # the folder's target or head modules are not in this model
+        raise CheckpointError(
+            f"The adapter in {folder} does not fit this {type(model).__name__}: {exc} "
+            "Load it onto the base model it was trained on. The model was left as it was."
+        ) from exc
     try:
         _copy_weights(model, weights, folder)
     except BaseException as exc:
@@ -318,3 +364,50 @@ def _copy_weights(model: nn.Module, weights: dict[str, torch.Tensor], folder: Pa
         for key in head_keys:
             expected[key].copy_(weights[key])
     state.strategy.load_adapter_state_dict(model, {k: v for k, v in weights.items() if k not in head_keys})
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Copy the adapter (and head) tensors saved at ``path`` into the wrapped ``model``, in place.
+
+    ``model`` must be wrapped with the strategy and options the folder (of ``petl.save`` or
+    of peft) was saved with, as when a run resumes. Everything is checked first, and the
+    copy is all or nothing: if it fails part way (an error, Ctrl-C), every adapter and
+    head tensor gets its previous value back. Returns the same model.
+
+    Raises:
+        NotWrappedError: The model is not wrapped.
+        CheckpointError: The folder is missing, corrupted or for another model, or it
+            was saved with another strategy or other options (the message names them).
+    """
+    state = state_of(model)
+    folder = Path(path)
+    config, weights = _read_folder(model, folder)
+    _check_same_adapter(state.strategy.config, config, folder)
+    before = {key: tensor.detach().to("cpu", copy=True) for key, tensor in adapter_tensors(model).items()}
+    try:
+        _copy_weights(model, weights, folder)
+    except BaseException as exc:
+        with _interrupts_deferred():
+            current = adapter_tensors(model)  # afresh: a failed load may have replaced tensors
+            with torch.no_grad():
+                for key, value in before.items():
+                    current[key].copy_(value)
+        if isinstance(exc, PetlError) or not isinstance(exc, Exception):
+            raise
+        raise CheckpointError(
+            f"The adapter in {folder} could not be copied into this {type(model).__name__}: {_describe(exc)}. "
+            "Its adapter tensors were left as they were."
+        ) from exc
+    return model
+
+
+def _check_same_adapter(current: StrategyConfig, saved: StrategyConfig, folder: Path) -> None:
+    ours = {"strategy": current.strategy, **current.to_dict()}
+    theirs = {"strategy": saved.strategy, **saved.to_dict()}
+    differ = [f"{key}: folder {theirs.get(key)!r}, model {ours.get(key)!r}"
+              for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
+    if differ:
+        raise CheckpointError(
+            f"The adapter in {folder} was saved with another strategy or other options than this model is wrapped "
+            f"with ({'; '.join(differ)}). Wrap the model like the folder, or petl.load it onto the unwrapped base."
+        )

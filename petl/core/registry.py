@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from petl.errors import DuplicateStrategyError, PetlError, UnknownStrategyError, suggest
 
-__all__ = ["ENTRY_POINT_GROUP", "available", "get", "register", "unregister"]
+__all__ = ["ENTRY_POINT_GROUP", "available", "for_peft_type", "get", "register", "unregister"]
 
 ENTRY_POINT_GROUP = "petl.strategies"
 
@@ -150,3 +150,22 @@ def get(name: str) -> type:
             f"Unknown strategy {name!r}.{hint} Available strategies: {', '.join(names)}. "
             "Third-party strategies appear here once their package is installed."
         ) from None
+
+
+def for_peft_type(peft_type: str) -> type | None:
+    """The registered strategy class that reads peft folders of ``peft_type`` (``"LORA"``), or ``None``.
+
+    A class claims a peft type by declaring ``peft_type`` itself (see
+    :class:`petl.core.strategy.StrategyBase`); one inherited from a parent class does not count.
+
+    Raises:
+        DuplicateStrategyError: Two registered strategies claim the same peft type.
+    """
+    _load_all()
+    claims = sorted(name for name, cls in _strategies.items() if vars(cls).get("peft_type") == peft_type)
+    if len(claims) > 1:
+        raise DuplicateStrategyError(
+            f"The strategies {claims} all read peft folders of type {peft_type!r} "
+            f"({', '.join(_owners[name] for name in claims)}). Keep the peft_type declaration on one of them."
+        )
+    return _strategies[claims[0]] if claims else None

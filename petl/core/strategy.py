@@ -8,6 +8,12 @@ reached only through the methods below, so that no module outside
 
 Strategies may subclass :class:`StrategyBase` for the optional hooks' defaults;
 any class with the same methods works as well.
+
+A strategy that peft also implements may declare it, so that ``petl.load`` reads a
+folder written by peft's ``save_pretrained`` (which has no ``petl_config.json``): it sets
+``peft_type`` to the ``peft_type`` of peft's ``adapter_config.json`` (``"LORA"``) and
+turns that file into its config with :meth:`StrategyBase.config_from_peft` (and, where
+peft's tensors differ from its own, :meth:`StrategyBase.tensors_from_peft`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 from torch import nn
 
 from petl.core.config import StrategyConfig
-from petl.errors import NotMergeableError, PetlError
+from petl.errors import CheckpointError, NotMergeableError, PetlError
 
 __all__ = ["Strategy", "StrategyBase"]
 
@@ -98,6 +104,35 @@ class StrategyBase:
     handles_heads: ClassVar[bool] = False
     merge_refusal: ClassVar[str] = "its adapter is not a linear change of existing weights"
     """Completes the sentence "<name> cannot be merged because ..." raised by ``merge``."""
+    peft_type: ClassVar[str | None] = None
+    """The ``peft_type`` of the peft folders this strategy reads (``"LORA"``), or ``None``.
+    Looked up by :func:`petl.core.registry.for_peft_type` on the class itself, not inherited,
+    so that a subclass with other options does not claim its parent's folders by accident."""
+
+    @classmethod
+    def config_from_peft(cls, adapter_config: dict[str, Any], model: nn.Module) -> StrategyConfig:
+        """This strategy's config for a folder written by peft, from its ``adapter_config.json``.
+
+        Every peft option must be carried over or be one that does not change what the
+        loaded model computes; any other one is refused, never dropped.
+
+        Args:
+            adapter_config: The parsed ``adapter_config.json``.
+            model: The base model the adapter is about to be loaded onto (not changed).
+
+        Raises:
+            CheckpointError: peft's options have no equivalent here; the message names them.
+        """
+        raise CheckpointError(
+            f"The {cls.config_class.strategy!r} strategy cannot read folders written by peft. "
+            "Save the adapter with petl.save instead."
+        )
+
+    @classmethod
+    def tensors_from_peft(cls, adapter_config: dict[str, Any],
+                          tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """peft's saved tensors in the form :meth:`adapter_state_dict` gives them (unchanged by default)."""
+        return tensors
 
     def __init__(self, config: StrategyConfig) -> None:
         self.config = config

@@ -12,26 +12,31 @@ into ``W0`` so that inference costs nothing extra.
 
 petl does not re-implement LoRA: it injects peft's layers into the model in place
 (no wrapper class around the model) and saves in peft's format, so a folder written
-by ``petl.save`` also loads with ``peft.PeftModel.from_pretrained``.
+by ``petl.save`` also loads with ``peft.PeftModel.from_pretrained`` (and, through the
+``task_type`` it records, with ``peft.AutoPeftModelFor...``), and ``petl.load`` reads a
+folder written by peft's ``save_pretrained`` (:meth:`LoraStrategy.config_from_peft`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import peft
 import torch
-from peft.utils.other import ModulesToSaveWrapper
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
 
 from petl.core import validators as v
 from petl.core.config import StrategyConfig
 from petl.core.registry import register
 from petl.core.strategy import StrategyBase
-from petl.errors import PetlError, TargetNotFoundError
+from petl.errors import CheckpointError, PetlError, TargetNotFoundError
 from petl.modeling.layers import linear_layer_names
+from petl.tasks import PEFT_TASK_TYPES, task_of_model
 
 __all__ = ["LoraConfig", "LoraStrategy"]
 
@@ -47,6 +52,20 @@ FALLBACK_TARGETS: tuple[tuple[str, ...], ...] = (
     ("query_key_value",),
     ("c_attn",),
 )
+
+PEFT_METADATA = frozenset({"peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path",
+                           "revision", "inference_mode", "runtime_config"})
+"""``adapter_config.json`` fields that describe the file or how peft runs, not what the adapter computes."""
+PEFT_NO_EFFECT = frozenset({"fan_in_fan_out", "qalora_group_size", "megatron_core", "loftq_config", "eva_config",
+                            "corda_config", "lora_ga_config"})
+"""Fields that change nothing once the adapter's tensors are loaded: ``fan_in_fan_out`` peft corrects
+per layer kind (as petl derives it), the others configure features petl refuses or initialisations."""
+PLAIN_INITS: tuple[bool | str, ...] = (True, False, "gaussian", "eva", "orthogonal")
+"""``init_lora_weights`` values that only initialise the adapter's own tensors, which loading
+overwrites. The others (``pissa``, ``olora``, ``corda``, ``loftq``, ...) change the base weights."""
+PEFT_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
+                   "QUESTION_ANS": ("qa_outputs",)}
+"""Heads peft's ``PeftModelFor...`` class of a ``task_type`` adds to ``modules_to_save`` when it loads."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +108,14 @@ class LoraStrategy(StrategyBase):
     config_class: ClassVar[type[StrategyConfig]] = LoraConfig
     handles_heads: ClassVar[bool] = True
     tuner_class: ClassVar[type] = peft.LoraModel
+    peft_type: ClassVar[str | None] = "LORA"
+    peft_config_class: ClassVar[type] = peft.LoraConfig
+    peft_options: ClassVar[dict[str, str]] = {
+        "r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "bias": "bias", "use_rslora": "use_rslora",
+    }
+    """peft's name -> petl's name of the options carried over one to one from ``adapter_config.json``."""
+    peft_read: ClassVar[frozenset[str]] = frozenset({"target_modules", "modules_to_save", "init_lora_weights"})
+    """Further ``adapter_config.json`` fields :meth:`config_from_peft` reads (or checks) itself."""
 
     config: LoraConfig
 
@@ -139,6 +166,7 @@ class LoraStrategy(StrategyBase):
                 "Pass the plain base model, or call merge_and_unload() on the peft model first."
             )
         config = self.peft_config(model)
+        existing = {id(module) for module in model.modules()}
         try:
             self.tuner = self.tuner_class(model, config, ADAPTER_NAME)
         except BaseException as exc:
@@ -146,6 +174,10 @@ class LoraStrategy(StrategyBase):
             if isinstance(exc, ValueError):
                 raise self._target_error(model, exc) from exc
             raise
+        # peft's new modules start in training mode; in a model in eval mode their dropout would be live.
+        for module in model.modules():
+            if id(module) not in existing:
+                module.training = model.training
 
     def _target_error(self, model: nn.Module, exc: ValueError) -> PetlError:
         """peft's ``ValueError`` for targets it cannot use, in the user's terms."""
@@ -180,10 +212,47 @@ class LoraStrategy(StrategyBase):
             raise PetlError(f"peft did not recognise these adapter tensors: {unexpected[:5]}")
 
     def adapter_config(self, model: nn.Module) -> dict[str, Any]:
-        """peft's ``adapter_config.json`` content for this adapter."""
+        """peft's ``adapter_config.json`` content for this adapter.
+
+        ``task_type`` names the model's head in peft's terms (``None`` for a head petl does not
+        know), so that ``peft.AutoPeftModelFor...`` loads the folder with the matching class.
+        """
         config = self.tuner.peft_config[ADAPTER_NAME].to_dict()
         config["base_model_name_or_path"] = getattr(getattr(model, "config", None), "name_or_path", None)
+        config["task_type"] = PEFT_TASK_TYPES.get(task_of_model(model) or "")
         return config
+
+    @classmethod
+    def config_from_peft(cls, adapter_config: dict[str, Any], model: nn.Module) -> StrategyConfig:
+        """The config of an adapter peft saved, refusing every peft option petl cannot honour.
+
+        ``modules_to_save`` is resolved against ``model`` as peft does (by name suffix, names
+        matching nothing ignored, plus the heads peft's task class adds) into full module names.
+        """
+        defaults = _peft_defaults(cls.peft_config_class)
+        read = set(cls.peft_options) | cls.peft_read | PEFT_METADATA | PEFT_NO_EFFECT
+        refused = []
+        for key, value in sorted(adapter_config.items()):
+            if key in read:
+                continue
+            if key in defaults:
+                if not _same(value, defaults[key]):
+                    refused.append(f"{key}={value!r} (peft's default: {defaults[key]!r})")
+            elif not _is_unset(value):
+                refused.append(f"{key}={value!r} (an option peft {peft.__version__} does not know)")
+        init = adapter_config.get("init_lora_weights", True)
+        if not any(_same(init, plain) for plain in PLAIN_INITS):
+            refused.append(f"init_lora_weights={init!r} (it changes the base model's weights when peft loads it)")
+        if refused:
+            raise CheckpointError(
+                f"adapter_config.json sets {', '.join(refused)}, which petl's {cls.config_class.strategy!r} strategy "
+                "cannot reproduce, so the loaded model would compute something else. Load the folder with "
+                "peft.PeftModel.from_pretrained instead, or train the adapter without these options."
+            )
+        options = {ours: adapter_config.get(theirs, defaults.get(theirs)) for theirs, ours in cls.peft_options.items()}
+        options["target_modules"] = _peft_targets(adapter_config.get("target_modules"))
+        options["modules_to_save"] = _peft_heads(adapter_config, model)
+        return cls.config_class.from_dict(options)
 
     def extra_files(self, model: nn.Module) -> dict[str, str]:
         text = json.dumps(self.adapter_config(model), indent=2, sort_keys=True, default=_json_default)
@@ -199,6 +268,53 @@ class LoraStrategy(StrategyBase):
 
     def merge(self, model: nn.Module) -> nn.Module:
         return self.tuner.merge_and_unload()
+
+
+def _peft_defaults(config_class: type) -> dict[str, Any]:
+    defaults = {}
+    for field in dataclasses.fields(config_class):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return defaults
+
+
+def _same(value: Any, default: Any) -> bool:
+    # 1 == True in Python; an option set to 1 where peft's default is True is not the default.
+    return type(value) is type(default) and value == default
+
+
+def _is_unset(value: Any) -> bool:
+    return value is None or value is False or (isinstance(value, (str, list, dict)) and not value)
+
+
+def _peft_targets(value: Any) -> tuple[str, ...] | str | None:
+    """peft's ``target_modules``: a regular expression, or names (a set in memory, so order is not kept)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(name, str) for name in value):
+        return tuple(sorted(set(value)))
+    raise CheckpointError(f"adapter_config.json has target_modules={value!r}, not a list of names or a string.")
+
+
+def _peft_heads(adapter_config: dict[str, Any], model: nn.Module) -> tuple[str, ...]:
+    """The full names of the modules peft would train in full on ``model``: a module matches a
+    name when its own name ends with it (peft's rule), and names matching nothing are ignored."""
+    requested = adapter_config.get("modules_to_save") or []
+    if not isinstance(requested, list) or not all(isinstance(name, str) and name for name in requested):
+        raise CheckpointError(f"adapter_config.json has modules_to_save={requested!r}, not a list of module names.")
+    wanted = [*requested, *PEFT_TASK_HEADS.get(adapter_config.get("task_type") or "", ())]
+    found: list[str] = []
+    peft_parts: list[str] = []  # inside an adapter layer or a trained copy: peft's modules, not the model's
+    for name, module in model.named_modules():
+        if any(name.startswith(part + ".") for part in peft_parts):
+            continue
+        if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+            peft_parts.append(name)
+        if name and any(name.endswith(target) for target in wanted):
+            found.append(name)
+    return tuple(name for name in found if not any(name.startswith(other + ".") for other in found))
 
 
 def _strip_peft(model: nn.Module) -> None:

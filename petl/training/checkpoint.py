@@ -45,6 +45,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from petl.core.distributed import full_tensor, gather_full, is_sharded, run_on_main_process
 from petl.errors import CheckpointError
 from petl.files import replace_dir
 from petl.training.trainer_state import is_count, trainer_state_problems
@@ -81,14 +82,15 @@ def encode_structure(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """A JSON-ready copy of ``value`` whose tensors are moved into ``tensors``.
 
     Dicts keep their key types (optimizer states are keyed by integers) and tuples
-    stay tuples, so :func:`decode_structure` gives back an equal structure.
+    stay tuples, so :func:`decode_structure` gives back an equal structure. A sharded
+    tensor (DTensor, under FSDP) is stored whole: every rank must encode the same structure.
 
     Raises:
         CheckpointError: ``value`` holds an object that is neither a tensor nor plain data.
     """
     if isinstance(value, torch.Tensor):
         key = f"t{len(tensors)}"
-        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        tensors[key] = _cpu_copy(full_tensor(value))
         return {"__tensor__": key}
     if isinstance(value, np.ndarray):
         return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
@@ -132,9 +134,13 @@ def decode_structure(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     raise CheckpointError(f"Unknown entry in a checkpoint structure: {sorted(value)}.")
 
 
-def _write_structure(folder: Path, name: str, value: Any) -> None:
+def _encode(value: Any) -> tuple[Any, dict[str, torch.Tensor]]:
     tensors: dict[str, torch.Tensor] = {}
-    structure = encode_structure(value, tensors)
+    return encode_structure(value, tensors), tensors
+
+
+def _write_structure(folder: Path, name: str, encoded: tuple[Any, dict[str, torch.Tensor]]) -> None:
+    structure, tensors = encoded
     if tensors:
         save_file(tensors, folder / f"{name}.safetensors")
     (folder / f"{name}.json").write_text(json.dumps(structure) + "\n", encoding="utf-8")
@@ -162,7 +168,12 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that training changes, by name."""
+    """The parameters that training changes, by name.
+
+    These are the live parameters (a resume copies into them), so under FSDP they are
+    DTensor shards; :func:`write_checkpoint` stores them whole through
+    :func:`petl.core.distributed.gather_full`.
+    """
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
@@ -184,23 +195,32 @@ def write_checkpoint(
     ``best_weights`` (the trainable tensors of the best evaluation, when it is not the
     current step) go to ``best.safetensors``, so a resumed run can still restore them.
 
+    Under FSDP (DTensor parameters) every rank must call this: the parameters, the best
+    weights and the optimizer state are gathered whole (collectives), rank 0 writes, and
+    the other ranks wait for its outcome, as in ``petl.save``. Without sharded tensors
+    nothing is communicated and only rank 0 writes.
+
     Returns:
         The checkpoint folder.
     """
     final = output_dir / f"checkpoint-{step}"
+    params = trainable_state(model)
+    sharded = any(is_sharded(t) for t in [*params.values(), *(best_weights or {}).values()])
+    # Gathered on every rank, before only rank 0 writes: each gather is a collective under FSDP.
+    weights = {k: _cpu_copy(v) for k, v in gather_full(params).items()}
+    best = {k: _cpu_copy(v) for k, v in gather_full(best_weights).items()} if best_weights is not None else None
+    structures = {"optimizer": _encode(optimizer.state_dict()), "scheduler": _encode(scheduler.state_dict())}
+    if scaler is not None:
+        structures["scaler"] = _encode(scaler.state_dict())
+    if strategy_state is not None:
+        structures["strategy"] = _encode(strategy_state)
 
     def fill(tmp: Path) -> None:
-        weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in trainable_state(model).items()}
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
-        if best_weights is not None:
-            best = {k: v.detach().to("cpu").contiguous().clone() for k, v in best_weights.items()}
+        if best is not None:
             save_file(best, tmp / "best.safetensors", metadata={"format": "pt"})
-        _write_structure(tmp, "optimizer", optimizer.state_dict())
-        _write_structure(tmp, "scheduler", scheduler.state_dict())
-        if scaler is not None:
-            _write_structure(tmp, "scaler", scaler.state_dict())
-        if strategy_state is not None:
-            _write_structure(tmp, "strategy", strategy_state)
+        for name, encoded in structures.items():
+            _write_structure(tmp, name, encoded)
         rng_tensors: dict[str, torch.Tensor] = {}
         state = {**trainer_state, "format_version": FORMAT_VERSION, "rng": encode_structure(rng_state(), rng_tensors)}
         save_file(rng_tensors, tmp / "rng.safetensors")
@@ -208,10 +228,17 @@ def write_checkpoint(
         # Written last: a folder without it is never taken for a checkpoint.
         (tmp / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
 
-    replace_dir(final, fill)  # the same step saved again after a resume replaces the folder whole
-    for older in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(older[1], ignore_errors=True)
+    def write() -> None:
+        replace_dir(final, fill)  # the same step saved again after a resume replaces the folder whole
+        for older in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(older[1], ignore_errors=True)
+
+    run_on_main_process(write, collective=sharded, what=f"write the checkpoint {final}")
     return final
+
+
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu").contiguous().clone()
 
 
 def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
