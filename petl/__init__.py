@@ -42,6 +42,7 @@ _HOMES = {
     "TrainConfig": "petl.training",
     "TrainResult": "petl.training",
     "train": "petl.training",
+    "attach": "petl.integrations.trainer",
     "available": "petl.core.registry",
     "register": "petl.core.registry",
     "load": "petl.core.io",
@@ -56,7 +57,8 @@ _SUBMODULES = {
     "registry": "petl.core.registry",
     "validators": "petl.core.validators",
     **{name: f"petl.{name}" for name in (
-        "bench", "cli", "core", "data", "errors", "files", "metrics", "modeling", "strategies", "tasks", "training",
+        "bench", "cli", "core", "data", "errors", "files", "integrations", "metrics", "modeling", "strategies",
+        "tasks", "training",
     )},
 }
 """Modules reachable as attributes: the subpackages, and ``petl.registry`` and
@@ -74,6 +76,7 @@ __all__ = [
     "StrategyConfig",
     "TrainConfig",
     "TrainResult",
+    "attach",
     "available",
     "count_parameters",
     "load",
@@ -109,6 +112,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from petl.core.strategy import Strategy, StrategyBase
     from petl.core.wrapping import merge, unwrap, wrap
     from petl.errors import PetlError
+    from petl.integrations.trainer import attach
     from petl.strategies.adalora import AdaLoraConfig
     from petl.strategies.bottleneck import BottleneckConfig
     from petl.strategies.lora import LoraConfig

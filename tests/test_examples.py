@@ -52,6 +52,13 @@ def test_causal_lm_prefix_and_8bit(tmp_path: Path) -> None:
     assert out.count("perplexity") == 2
 
 
+def test_trl_sft_trainer_saves_an_adapter_that_peft_and_petl_reload_identically(tmp_path: Path) -> None:
+    out = _run([str(EXAMPLES / "trl_sft.py"), "--quick", "--output", str(tmp_path)], tmp_path)
+    assert "peft reload: identical outputs" in out and "petl reload: identical outputs" in out
+    saved = tmp_path / "trl-sft-lora" / "adapter"
+    assert (saved / "petl_config.json").is_file() and not (saved / "model.safetensors").exists()
+
+
 def test_custom_strategy_plugin_installs_and_passes_conformance(tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run(

@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "core": BELOW | {"modeling"},
     "strategies": BELOW | {"core", "modeling", "strategies"},
     "training": BELOW | {"core", "modeling", "data", "metrics", "training"},
+    "integrations": BELOW | {"core", "modeling", "data", "metrics", "training", "integrations"},
     "bench": BELOW | {"core", "modeling", "data", "metrics", "training", "bench"},
     "cli": BELOW | {"core", "modeling", "data", "metrics", "training", "bench", "cli"},
     "__main__": {"cli"},

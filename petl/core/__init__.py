@@ -7,5 +7,8 @@
 * :mod:`petl.core.wrapping`: ``wrap``, ``unwrap``, ``merge`` and the record on the model;
 * :mod:`petl.core.heads`: the task head trained in full on a strategy's behalf;
 * :mod:`petl.core.params`: parameter counts;
-* :mod:`petl.core.io`: ``save`` and ``load`` (safetensors plus JSON).
+* :mod:`petl.core.io`: ``save`` and ``load`` (safetensors plus JSON);
+* :mod:`petl.core.peft_folders`: reading adapter folders written by peft;
+* :mod:`petl.core.pretrained`: the ``save_pretrained`` a wrapped model gets (Trainer, TRL);
+* :mod:`petl.core.distributed`: gathering sharded (FSDP2) tensors for saving.
 """

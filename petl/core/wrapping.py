@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from petl.core import registry
+from petl.core import pretrained, registry
 from petl.core.config import StrategyConfig
 from petl.core.heads import HeadState, resolve_heads
 from petl.core.strategy import Strategy
@@ -252,6 +252,7 @@ def wrap(model: nn.Module, strategy: str | StrategyConfig, /, **options: Any) ->
         instance.inject(model)
         head_state = None if instance.handles_heads else HeadState.enable(model, heads)
         object.__setattr__(model, _ATTR, WrapState(instance, requires_grad, head_state, model_signature(model)))
+        pretrained.install(model)  # save_pretrained (Trainer, TRL) writes the adapter folder
     except BaseException as exc:
         snapshot.restore()
         if isinstance(exc, PetlError) or not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit
@@ -287,6 +288,7 @@ def _finish(model: nn.Module, result: nn.Module, state: WrapState) -> nn.Module:
     """Drop the wrap record and give back the user's ``requires_grad`` flags."""
     if _ATTR in vars(model):
         object.__delattr__(model, _ATTR)
+    pretrained.uninstall(model)
     _restore_requires_grad(result, state.requires_grad)
     return result
 

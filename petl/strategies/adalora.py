@@ -19,11 +19,14 @@ to the loss and calls :meth:`~AdaLoraStrategy.on_step_end` after every optimizer
 
 Saved adapters keep ``init_r`` triplets per layer with the pruned ones zeroed,
 which is exactly the trained model's state, so peft and petl load them without
-resizing; :meth:`AdaLoraStrategy.effective_ranks` reports the ranks in use.
+resizing; :meth:`AdaLoraStrategy.effective_ranks` reports the ranks in use. peft's own
+``save_pretrained`` drops the pruned triplets after allocation (its ``rank_pattern``
+says which survive); :meth:`AdaLoraStrategy.tensors_from_peft` puts them back as zeros.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,10 +37,12 @@ from torch import nn
 from petl.core.config import StrategyConfig
 from petl.core.registry import register
 from petl.core.validators import check, check_non_negative_int, check_number, check_positive_int
-from petl.errors import ConfigError
-from petl.strategies.lora import ADAPTER_NAME, LoraConfig, LoraStrategy
+from petl.errors import CheckpointError, ConfigError
+from petl.strategies.lora import ADAPTER_NAME, PEFT_PREFIX, LoraConfig, LoraStrategy
 
 __all__ = ["AdaLoraConfig", "AdaLoraStrategy"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,12 +114,55 @@ class AdaLoraStrategy(LoraStrategy):
 
     config_class: ClassVar[type[StrategyConfig]] = AdaLoraConfig
     tuner_class: ClassVar[type] = peft.AdaLoraModel
+    peft_type: ClassVar[str | None] = "ADALORA"
+    peft_config_class: ClassVar[type] = peft.AdaLoraConfig
+    peft_options: ClassVar[dict[str, str]] = {
+        **{k: v for k, v in LoraStrategy.peft_options.items() if k != "r"},
+        **{name: name for name in ("init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2",
+                                   "orth_reg_weight", "total_step")},
+    }
+    # peft's AdaLoRA ignores ``r``; ``rank_pattern`` is read by tensors_from_peft.
+    peft_read: ClassVar[frozenset[str]] = LoraStrategy.peft_read | {"r", "rank_pattern"}
 
     config: AdaLoraConfig
 
     def __init__(self, config: AdaLoraConfig) -> None:
         super().__init__(config)
         self._schedule_known = config.total_step is not None
+        self._hooked = False
+        self._guard: Any = None
+
+    def inject(self, model: nn.Module) -> None:
+        super().inject(model)
+        # A training loop that never calls the hooks trains fixed-rank LoRA without a word; say so once.
+        self._guard = model.register_forward_pre_hook(self._warn_if_unhooked)
+
+    def _warn_if_unhooked(self, module: nn.Module, args: Any) -> None:
+        if self._hooked or not module.training or not torch.is_grad_enabled():
+            return
+        self._hooked = True
+        logger.warning(
+            "AdaLoRA is training in a loop that does not call petl's strategy hooks, so its rank budget is never "
+            "reallocated and it trains as fixed-rank LoRA without the orthogonality penalty. Train with petl.train, "
+            "call petl.attach(trainer) on a transformers or TRL Trainer, or in your own loop call "
+            "strategy.on_train_begin(model, total_steps) first, add strategy.regularization_loss(model) to the "
+            "loss and call strategy.on_step_end(model, step) after each optimizer step "
+            "(strategy = petl.core.wrapping.state_of(model).strategy)."
+        )
+
+    def _drop_guard(self) -> None:
+        if self._guard is not None:
+            self._guard.remove()
+            self._guard = None
+
+    def remove(self, model: nn.Module) -> nn.Module:
+        self._drop_guard()
+        return super().remove(model)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        merged = super().merge(model)
+        self._drop_guard()
+        return merged
 
     def peft_config(self, model: nn.Module) -> peft.PeftConfig:
         c = self.config
@@ -146,6 +194,7 @@ class AdaLoraStrategy(LoraStrategy):
         check_schedule(total_steps, self.config.tinit, self.config.tfinal)
         self._peft.total_step = total_steps  # the rank allocator reads the same config object
         self._schedule_known = True
+        self._hooked = True
 
     def on_step_end(self, model: nn.Module, step: int) -> None:
         if self.config.total_step is None and not self._schedule_known:
@@ -219,7 +268,48 @@ class AdaLoraStrategy(LoraStrategy):
         finally:
             self._peft.rank_pattern = saved
 
+    def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        # With a rank pattern, peft would first shrink the layers to it; petl's tensors are at init_r.
+        saved, self._peft.rank_pattern = self._peft.rank_pattern, None
+        try:
+            super().load_adapter_state_dict(model, state_dict)
+        finally:
+            self._peft.rank_pattern = saved
+
     def adapter_config(self, model: nn.Module) -> dict[str, Any]:
         config = super().adapter_config(model)
         config["rank_pattern"] = None  # tensors are saved at init_r; see adapter_state_dict
         return config
+
+    @classmethod
+    def tensors_from_peft(cls, adapter_config: dict[str, Any],
+                          tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Put back, as zeros, the triplets peft's ``save_pretrained`` dropped by ``rank_pattern``.
+
+        A pruned triplet has ``lambda = 0``, so it adds nothing either way, and peft keeps the
+        layer's scale (``ranknum``) at ``init_r`` when it shrinks a layer; the padded adapter
+        computes what peft's shrunk one does.
+        """
+        pattern = adapter_config.get("rank_pattern")
+        if not pattern:
+            return tensors
+        init_r = adapter_config.get("init_r", 12)
+        if not isinstance(pattern, dict):
+            raise CheckpointError(f"adapter_config.json has rank_pattern={pattern!r}, not an object.")
+        padded = dict(tensors)
+        for name, mask in pattern.items():
+            if not (isinstance(mask, list) and len(mask) == init_r and all(isinstance(x, bool) for x in mask)):
+                raise CheckpointError(
+                    f"adapter_config.json's rank_pattern for {name!r} is {mask!r}, not {init_r} (init_r) "
+                    "true/false values. Save the adapter again with peft or petl."
+                )
+            layer = name.split(".lora_E", 1)[0]
+            keep = torch.tensor(mask).nonzero().flatten()
+            for part, dim in (("lora_E", 0), ("lora_A", 0), ("lora_B", 1)):
+                tensor = padded.get(f"{PEFT_PREFIX}{layer}.{part}")
+                # Anything else (a missing layer, another width) is for the shape check to report.
+                if tensor is not None and tensor.dim() == 2 and tensor.shape[dim] == len(keep) < init_r:
+                    shape = list(tensor.shape)
+                    shape[dim] = init_r
+                    padded[f"{PEFT_PREFIX}{layer}.{part}"] = tensor.new_zeros(shape).index_copy_(dim, keep, tensor)
+        return padded
