@@ -17,6 +17,10 @@ from petl.errors import ColumnNotFoundError, ConfigError, DataError, LabelError,
 
 __all__ = ["Labels", "class_names", "encode_labels", "find_column", "pick_column", "text_values"]
 
+# ``dataset`` below is anything with ``column_names`` (and ``features`` for class names) that
+# returns a column's values for ``dataset[column]``: a ``datasets.Dataset``, or one batch of a
+# streamed data set (see :mod:`petl.data.streaming`).
+
 
 def find_column(dataset: datasets.Dataset, candidates: Sequence[str]) -> str | None:
     """The first of ``candidates`` that ``dataset`` has, or ``None``."""
@@ -64,7 +68,7 @@ def pick_column(
     )
 
 
-def text_values(dataset: datasets.Dataset, column: str, *, split: str) -> list[str]:
+def text_values(dataset: datasets.Dataset, column: str, *, split: str, offset: int = 0) -> list[str]:
     """The values of a text column, checked to be strings.
 
     An empty string is kept: tokenizers encode it as just their special tokens (``[CLS] [SEP]``),
@@ -72,11 +76,17 @@ def text_values(dataset: datasets.Dataset, column: str, *, split: str) -> list[s
     model to stop. A missing value (``None``, as JSON's ``null`` or a JSON line without the key
     reads, or a float NaN) is an error, as is any other non-string.
 
+    Args:
+        dataset: The rows.
+        column: The text column.
+        split: "training" or "evaluation", for messages.
+        offset: The number of the first row (a streamed batch starts further on), for messages.
+
     Raises:
         DataError: A value is missing or not a string; the message names the row (counted from 0).
     """
     values = list(dataset[column])
-    for index, value in enumerate(values):
+    for index, value in enumerate(values, start=offset):
         if _is_missing(value):
             raise DataError(
                 f"Row {index} of the {split} data (counting from 0) has no text in column {column!r} "
@@ -103,10 +113,10 @@ def _is_blank(value: Any) -> bool:
     return _is_missing(value) or (isinstance(value, str) and value.strip() == "")
 
 
-def _check_no_missing(splits: dict[str, list[Any]], column: str, nested: bool) -> None:
+def _check_no_missing(splits: dict[str, list[Any]], column: str, nested: bool, offset: int) -> None:
     """Raise a :class:`LabelError` at the first example without a label (or a word without a tag)."""
     for split, values in splits.items():
-        for index, row in enumerate(values):
+        for index, row in enumerate(values, start=offset):
             if nested:
                 if _is_missing(row):
                     raise LabelError(
@@ -131,9 +141,10 @@ def _check_no_missing(splits: dict[str, list[Any]], column: str, nested: bool) -
 
 def class_names(dataset: datasets.Dataset | None, column: str) -> list[str] | None:
     """The names of a ``ClassLabel`` column (or of a sequence of ``ClassLabel``), if it is one."""
-    if dataset is None or column not in dataset.features:
+    features = getattr(dataset, "features", None)  # a stream may not know its features
+    if features is None or column not in features:
         return None
-    feature = dataset.features[column]
+    feature = features[column]
     names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
     return list(names) if names else None
 
@@ -162,6 +173,7 @@ def encode_labels(
     label_names: Sequence[str] | None,
     num_labels: int | None,
     nested: bool,
+    offset: int = 0,
 ) -> tuple[dict[str, list[Any]], Labels]:
     """Turn the labels of each split into ids, with one vocabulary for all splits.
 
@@ -172,6 +184,7 @@ def encode_labels(
         label_names: The names of the ids, if known.
         num_labels: The number of classes, if known (checked against ``label_names``).
         nested: Whether each example carries a list of labels.
+        offset: The number of the first row (a streamed batch starts further on), for messages.
 
     Returns:
         The ids per split (same nesting) and the :class:`Labels`.
@@ -190,7 +203,7 @@ def encode_labels(
                 f"num_labels={num_labels} but {len(label_names)} label_names were given ({label_names}); "
                 "pass only one of them, or make them agree."
             )
-    _check_no_missing(splits, column, nested)
+    _check_no_missing(splits, column, nested, offset)
     flat = {s: [v for row in values for v in row] if nested else list(values) for s, values in splits.items()}
     everything = [v for values in flat.values() for v in values]
     if not everything:

@@ -3,25 +3,32 @@
 Supported sources: local ``.csv`` / ``.tsv`` / ``.jsonl`` / ``.json`` files,
 CoNLL files (``.txt`` / ``.conll`` / ``.iob`` / ``.bio``: one ``token ... TAG`` line
 per word, a blank line between sentences, giving the columns ``tokens`` and
-``tags``), a folder holding ``<split>.<ext>`` files, a ``datasets.Dataset``
-(passed through), a ``datasets.DatasetDict`` (the split is picked) and, for online
-users, a Hugging Face Hub data set name (``"imdb"``, or ``"nyu-mll/glue:sst2"`` to
-pick a configuration).
+``tags``), a folder holding ``<split>.<ext>`` files, a ``datasets.Dataset`` or
+``datasets.IterableDataset`` (passed through), a ``datasets.DatasetDict`` (the split is
+picked; :func:`split_dataset_dict` picks a training and an evaluation split), a pandas
+``DataFrame`` (``Dataset.from_pandas(frame, preserve_index=False)``), a list of dicts, one
+per row, with the same keys (``Dataset.from_list``) and, for online users, a Hugging Face
+Hub data set name (``"imdb"``, or ``"nyu-mll/glue:sst2"`` to pick a configuration).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from petl.errors import DataFileError, UnknownFormatError, suggest
+from petl.errors import DataError, DataFileError, UnknownFormatError, suggest
 
-__all__ = ["CONLL_SUFFIXES", "SUFFIXES", "read_conll", "read_dataset"]
+__all__ = ["CONLL_SUFFIXES", "EVAL_SPLITS", "SUFFIXES", "read_conll", "read_dataset", "split_dataset_dict"]
+
+logger = logging.getLogger(__name__)
 
 TABLE_SUFFIXES = (".csv", ".tsv")
 JSON_SUFFIXES = (".jsonl", ".json")
@@ -35,6 +42,9 @@ _SPLIT_ALIASES = {
     "validation": ("validation", "valid", "dev", "val"),
     "test": ("test",),
 }
+EVAL_SPLITS = _SPLIT_ALIASES["validation"]
+"""The splits of a ``DatasetDict`` that :func:`split_dataset_dict` evaluates on, in this order (never "test")."""
+_DICTS = (datasets.DatasetDict, datasets.IterableDatasetDict)
 
 
 def _split_names(split: str) -> tuple[str, ...]:
@@ -44,33 +54,39 @@ def _split_names(split: str) -> tuple[str, ...]:
     return (split,)
 
 
-def read_dataset(
-    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict, split: str = "train"
-) -> datasets.Dataset:
-    """Read one split of a data set from a file, a folder, a ``datasets`` object or the Hub.
+def read_dataset(source: Any, split: str = "train") -> datasets.Dataset | datasets.IterableDataset:
+    """Read one split of a data set from a file, a folder, a ``datasets`` object, rows in memory or the Hub.
 
     Args:
-        source: A path to a local file or folder, a ``datasets.Dataset`` (returned as
-            is), a ``datasets.DatasetDict`` (``split`` is picked), or a Hub data set
-            name (``"name"`` or ``"name:config"``) loaded with ``datasets.load_dataset``.
+        source: A path to a local file or folder; a ``datasets.Dataset`` or
+            ``datasets.IterableDataset`` (returned as is); a ``datasets.DatasetDict`` or
+            ``IterableDatasetDict`` (``split`` is picked); a pandas ``DataFrame``; a list of
+            dicts, one per row, all with the same keys; or a Hub data set name (``"name"`` or
+            ``"name:config"``) loaded with ``datasets.load_dataset``.
         split: The split to pick from a folder, a ``DatasetDict`` or the Hub.
             ``"validation"`` also finds ``valid`` / ``dev`` / ``val``.
 
     Returns:
-        The rows as a ``datasets.Dataset``.
+        The rows as a ``datasets.Dataset`` (an ``IterableDataset`` stays one).
 
     Raises:
         DataFileError: The file does not exist or cannot be parsed, or the split is missing.
         UnknownFormatError: The file's extension is not one petl reads.
+        DataError: An empty ``DataFrame`` or list, or rows with different keys.
     """
-    if isinstance(source, datasets.Dataset):
+    if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
         return source
-    if isinstance(source, datasets.DatasetDict):
-        return _pick_split(source, split, where="the DatasetDict")
+    if isinstance(source, _DICTS):
+        return _pick_split(source, split, where=f"the {type(source).__name__}")
+    if _is_dataframe(source):
+        return _from_dataframe(source)
+    if isinstance(source, (list, tuple)):
+        return _from_rows(source)
     if not isinstance(source, (str, os.PathLike)):
         raise DataFileError(
-            f"Cannot read data from a {type(source).__name__}. Pass a path to a "
-            f"{'/'.join(SUFFIXES)} file, a datasets.Dataset or DatasetDict, or a Hub data set name."
+            f"Cannot read data from a {type(source).__name__}. Pass a path to a {'/'.join(SUFFIXES)} file, a "
+            "datasets.Dataset, IterableDataset or DatasetDict, a pandas DataFrame, a list of dicts (one per row), "
+            "or a Hub data set name."
         )
     path = Path(source).expanduser()
     if path.is_dir():
@@ -83,7 +99,96 @@ def read_dataset(
     return _load_from_hub(text, split)
 
 
-def _pick_split(splits: datasets.DatasetDict, split: str, where: str) -> datasets.Dataset:
+def split_dataset_dict(splits: Mapping[str, Any], eval_data: Any = None) -> tuple[Any, Any]:
+    """The training and evaluation data of a ``DatasetDict`` passed as the training data.
+
+    Training uses its "train" (or "training") split. Evaluation uses ``eval_data`` when one
+    is given, else the first of :data:`EVAL_SPLITS` (validation, valid, dev, val) it has,
+    else none. A "test" split is never used without being asked for: a ``DatasetDict`` with a
+    test split but no evaluation split is refused. Which splits were used is logged.
+
+    Returns:
+        ``(training split, evaluation data or None)``.
+
+    Raises:
+        DataFileError: No training split, or a test split and no evaluation split without ``eval_data``.
+    """
+    names = list(splits)
+    listed = ", ".join(map(repr, names)) or "none"
+    train = next((n for n in _SPLIT_ALIASES["train"] if n in splits), None)
+    if train is None:
+        raise DataFileError(
+            f"The {type(splits).__name__} passed as training data has no 'train' split; its splits are {listed}."
+            f"{suggest('train', names)} Pass the split to train on, e.g. "
+            f"train_data=dataset_dict[{names[0] if names else 'train'!r}]."
+        )
+    held_out = next((n for n in EVAL_SPLITS if n in splits), None)
+    if eval_data is not None:
+        if held_out is not None and eval_data is not splits[held_out]:
+            logger.warning("Training on the %r split of the %s; evaluating on eval_data as given, not on its %r split.",
+                           train, type(splits).__name__, held_out)
+        else:
+            logger.info("Training on the %r split of the %s; evaluating on eval_data.", train, type(splits).__name__)
+        return splits[train], eval_data
+    if held_out is None and "test" in splits:
+        raise DataFileError(
+            f"The {type(splits).__name__} passed as training data has the splits {listed}: no validation split "
+            f"({'/'.join(EVAL_SPLITS)}), and petl does not evaluate on a test split unasked. Pass "
+            f"eval_data=dataset_dict['test'] if that is meant, or train_data=dataset_dict[{train!r}] to train "
+            "without evaluation."
+        )
+    if held_out is None:
+        logger.info("Training on the %r split of the %s (splits %s); it has no evaluation split (%s), so there is "
+                    "no evaluation.", train, type(splits).__name__, listed, "/".join(EVAL_SPLITS))
+        return splits[train], None
+    logger.info("Training on the %r split of the %s and evaluating on its %r split.", train, type(splits).__name__,
+                held_out)
+    return splits[train], splits[held_out]
+
+
+def _is_dataframe(source: Any) -> bool:
+    pandas = sys.modules.get("pandas")  # a DataFrame means pandas is imported already
+    return pandas is not None and isinstance(source, pandas.DataFrame)
+
+
+def _from_dataframe(frame: Any) -> datasets.Dataset:
+    if len(frame) == 0:
+        raise DataError(
+            f"The DataFrame has no rows (columns: {', '.join(map(str, frame.columns)) or 'none'}). Pass one with "
+            "at least one example."
+        )
+    frame = frame.rename(columns=lambda c: str(c).strip())
+    try:
+        return datasets.Dataset.from_pandas(frame, preserve_index=False)
+    except (TypeError, ValueError) as exc:  # pyarrow: a column of mixed types
+        raise DataError(f"Cannot turn the DataFrame into a data set: {exc}. Give each column one type.") from exc
+
+
+def _from_rows(rows: list[Any] | tuple[Any, ...]) -> datasets.Dataset:
+    if not rows:
+        raise DataError('The list of examples is empty. Pass at least one row, e.g. [{"text": ..., "label": ...}].')
+    keys = None
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise DataError(
+                f"Row {index} of the list is a {type(row).__name__} ({row!r:.80}), not a dict. Pass one dict per "
+                'example, e.g. [{"text": "a fine film", "label": 1}, ...].'
+            )
+        if keys is None:
+            keys = list(row)
+        elif set(row) != set(keys):
+            missing, extra = sorted(set(keys) - set(row)), sorted(set(row) - set(keys))
+            raise DataError(
+                f"Row {index} of the list has the keys {sorted(row)}, but row 0 has {sorted(keys)} (missing: "
+                f"{missing or 'none'}; extra: {extra or 'none'}). Give every row the same keys."
+            )
+    try:
+        return datasets.Dataset.from_list([dict(row) for row in rows])
+    except (TypeError, ValueError) as exc:  # pyarrow: mixed types in a column
+        raise DataError(f"Cannot build a data set from the list of rows: {exc}. Give each key one type.") from exc
+
+
+def _pick_split(splits: Any, split: str, where: str) -> Any:
     for name in _split_names(split):
         if name in splits:
             return splits[name]

@@ -65,9 +65,11 @@ def token_classification(
     *,
     max_length: int,
     desc: str,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """Tokenise pre-split words and align word tags to their first sub-token."""
-    for index, (row_words, row_tags) in enumerate(zip(words, tags, strict=True)):
+    """Tokenise pre-split words and align word tags to their first sub-token (``offset``: the
+    number of the first example, for messages)."""
+    for index, (row_words, row_tags) in enumerate(zip(words, tags, strict=True), start=offset):
         if len(row_words) != len(row_tags):
             raise DataError(
                 f"Example {index} ({desc}) has {len(row_words)} words but {len(row_tags)} tags: "

@@ -6,6 +6,7 @@ A call walks down this package once:
 * :mod:`~petl.training.config`: :class:`TrainConfig`, the options;
 * :mod:`~petl.training.data`: the user's data as a ``TaskData``, the epoch order, label checks;
 * :mod:`~petl.training.setup`: checks and the Accelerate objects of one :class:`~petl.training.setup.Run`;
+* :mod:`~petl.training.launch`: the process setup, and warnings when a launch silently falls back;
 * :mod:`~petl.training.loop`: the loop (logging, evaluation, early stopping, checkpoints);
 * :mod:`~petl.training.step`: one optimizer step with the strategy's hooks, also used by the benchmark;
 * :mod:`~petl.training.evaluation`, :mod:`~petl.training.checkpoint`, :mod:`~petl.training.log`:

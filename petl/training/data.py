@@ -4,6 +4,11 @@ the order in which an epoch visits the training set, and a last check of the lab
 The order of epoch ``e`` is a permutation drawn from a generator seeded with the run's
 seed and ``e`` only, so a resumed run regenerates it and skips the batches already
 seen: no sampler state needs saving.
+
+A streamed training set (an iterable-style dataset, see :func:`is_stream`) has no
+length and no sampler: the loop reads it in passes, starting pass ``p`` with
+``set_epoch(p)`` (a shuffled ``datasets`` stream reshuffles with its seed and ``p``), and
+a resumed run starts the saved pass again and skips the batches already consumed.
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ from torch.utils.data import Sampler
 from petl.errors import ConfigError, LabelError
 from petl.tasks import IGNORE_INDEX, TASKS, auto_class_name, check_task, task_of_model
 
-__all__ = ["CheckedCollator", "EpochOrder", "resolve_data"]
+__all__ = ["CheckedCollator", "EpochOrder", "is_stream", "resolve_data"]
+
+
+def is_stream(dataset: Any) -> bool:
+    """Whether ``dataset`` is iterable-style (a stream without a length, read in passes)."""
+    return isinstance(dataset, torch.utils.data.IterableDataset)
+
 
 def _is_task_data(value: Any) -> bool:
     return all(hasattr(value, name) for name in ("train", "eval", "collator", "task"))
@@ -47,14 +58,13 @@ def resolve_data(
             raise ConfigError(
                 f"Cannot tell the task of a {type(model).__name__}. Pass task= one of {', '.join(TASKS)}."
             )
-        if tokenizer is None:
-            raise ConfigError(
-                "Raw training data needs the model's tokenizer: pass tokenizer=AutoTokenizer.from_pretrained(...), "
-                "or pass a TaskData prepared with petl.data.load_task_data."
-            )
         from petl.data import load_task_data  # lazy: petl.data imports datasets
 
-        data = load_task_data(task, train_data, eval_data, tokenizer=tokenizer, **dict(data_options or {}))
+        options = dict(data_options or {})
+        if tokenizer is None and "pad_token_id" not in options:
+            # Pre-tokenized data needs no tokenizer; its batches are padded with the model's pad id.
+            options["pad_token_id"] = getattr(getattr(model, "config", None), "pad_token_id", None)
+        data = load_task_data(task, train_data, eval_data, tokenizer=tokenizer, **options)
     if data.task not in TASKS:
         raise ConfigError(f"The data's task {data.task!r} is not one of {', '.join(TASKS)}.")
     if model_task is not None and model_task != data.task:
@@ -62,7 +72,7 @@ def resolve_data(
             f"A {type(model).__name__} is built for {model_task!r}, but the data is for {data.task!r}. "
             f"Load the model with the head of the task (e.g. {auto_class_name(data.task)})."
         )
-    if data.train is None or len(data.train) == 0:
+    if data.train is None or (not is_stream(data.train) and len(data.train) == 0):
         raise ConfigError("There is no training data: pass a training set with at least one example.")
     return data
 

@@ -5,6 +5,14 @@ The loop keeps its position as (epoch, micro-batches consumed in the epoch) and
 the data order of an epoch depends only on the seed and the epoch, so a checkpoint
 plus the saved random generator states are enough to continue a run exactly as if
 it had never stopped.
+
+A stream (no length) is read in passes until ``max_steps`` steps are taken; when it
+ends, pass ``p + 1`` starts it again with ``set_epoch(p + 1)`` (a shuffled ``datasets``
+stream reshuffles deterministically). Its position is (pass, micro-batches consumed):
+a resumed run starts the saved pass again and skips (reads and drops) the batches
+consumed, repeating the uninterrupted run exactly when the stream gives the same rows
+pass by pass. Evaluation and checkpoints follow ``eval_steps`` / ``save_steps`` only
+(there is no epoch end); without them the run evaluates once, at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Any
 
 import torch
 
-from petl.errors import ConfigError, PetlError, suggest
+from petl.errors import ConfigError, DataError, PetlError, suggest
 from petl.files import atomic_write_json
 from petl.training.checkpoint import (
     latest_checkpoint,
@@ -59,7 +67,8 @@ class TrainResult:
     global_step: int
     """Optimizer steps taken, counting those before a resume."""
     epoch: float
-    """Epochs completed (fractional when training stopped inside an epoch)."""
+    """Epochs completed (fractional when training stopped inside an epoch); over a stream, the
+    passes completed."""
     train_loss: float
     """Mean of the per-step training losses."""
     step_losses: list[float] = field(default_factory=list)
@@ -112,7 +121,7 @@ class TrainLoop:
             **config_fingerprint(self.config),
             "num_processes": self.acc.num_processes,
             "total_steps": run.total_steps,
-            "train_examples": run.sampler.size,
+            "train_examples": run.sampler.size if run.sampler is not None else None,  # None: a stream
             "learning_rate": run.learning_rate,
         }
 
@@ -171,17 +180,18 @@ class TrainLoop:
             self._resume()
         self.log.restart(self.global_step, self.log_records)  # drop what an interrupted run wrote after its checkpoint
         run.open_outputs()
-        if self.batches_in_epoch >= len(run.train_loader):
+        if self._epoch_done():
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
         progress = run.progress_bar(self.global_step)
         window = LossWindow()
         try:
             while self.global_step < run.total_steps and not self.stopped_early:
-                run.sampler.set_order(self.epoch)
+                run.start_pass(self.epoch)
                 loader = run.train_loader
                 if self.batches_in_epoch:
                     loader = acc.skip_first_batches(run.train_loader, self.batches_in_epoch)
                 micro_losses: list[torch.Tensor] = []
+                started_at, exhausted = self.batches_in_epoch, False
                 try:
                     for batch in loader:
                         with acc.accumulate(run.model):
@@ -196,7 +206,7 @@ class TrainLoop:
                         window.add(step_loss)
                         progress.update(1)
                         self._maybe_log(window, progress)
-                        epoch_done = self.batches_in_epoch >= len(run.train_loader)
+                        epoch_done = self._epoch_done()
                         paused = time.perf_counter()
                         if self._at_evaluation_point(epoch_done):
                             self.stopped_early = self._evaluate_and_track()
@@ -205,9 +215,18 @@ class TrainLoop:
                         window.started += time.perf_counter() - paused  # throughput counts training time only
                         if self.stopped_early or self.global_step >= run.total_steps:
                             break
+                    else:
+                        exhausted = True
                 finally:
                     _end(loader)
-                if self.batches_in_epoch >= len(run.train_loader):
+                if run.batches_per_epoch is None and exhausted:  # a stream ended: read it again
+                    if self.batches_in_epoch == started_at == 0:
+                        raise DataError(
+                            f"The training stream yielded no batch in pass {self.epoch + 1}, after {self.global_step} "
+                            f"of {run.total_steps} steps. Check the data set: a stream needs at least one example."
+                        )
+                    self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+                elif self._epoch_done():
                     self.epoch, self.batches_in_epoch = self.epoch + 1, 0
         finally:
             progress.close()
@@ -253,7 +272,7 @@ class TrainLoop:
             return
         record = {
             "step": self.global_step,
-            "epoch": round(self.epoch + self.batches_in_epoch / len(self.run.train_loader), 4),
+            "epoch": self._epochs(log=True),
             "loss": window.mean(),
             "learning_rate": lr,
             "samples_per_second": window.throughput(),
@@ -263,6 +282,21 @@ class TrainLoop:
         self.log.write(record)
         self.run.track(record, self.global_step)
         window.reset()
+
+    def _epoch_done(self) -> bool:
+        """Whether the current epoch's batches are all consumed (never known ahead for a stream)."""
+        size = self.run.batches_per_epoch
+        return size is not None and self.batches_in_epoch >= size
+
+    def _epochs(self, log: bool = False) -> float:
+        """Epochs completed, fractional within one (as the log and the result have always written it);
+        for a stream, completed passes."""
+        size = self.run.batches_per_epoch
+        if size is None:
+            return float(self.epoch)
+        if log:
+            return round(self.epoch + self.batches_in_epoch / size, 4)
+        return round((self.epoch * size + self.batches_in_epoch) / size, 4)
 
     def _at_evaluation_point(self, epoch_done: bool) -> bool:
         if self.config.eval_steps is not None:
@@ -309,7 +343,7 @@ class TrainLoop:
         run = self.run
         if run.output_dir is None:
             return
-        if self.acc.is_main_process:
+        if self.acc.is_main_process or run.sharded:  # gathering a sharded adapter is a collective
             self.last_checkpoint = write_checkpoint(
                 run.output_dir, self.global_step, model=run.unwrapped, optimizer=run.optimizer,
                 scheduler=run.scheduler, scaler=self.acc.scaler, trainer_state=self._trainer_state(),
@@ -335,11 +369,10 @@ class TrainLoop:
         if run.output_dir is not None and self.acc.is_main_process:
             atomic_write_json(run.output_dir / METRICS_NAME, metrics)
         self.acc.wait_for_everyone()
-        done_batches = self.epoch * len(run.train_loader) + self.batches_in_epoch
         return TrainResult(
             metrics=metrics,
             global_step=self.global_step,
-            epoch=round(done_batches / len(run.train_loader), 4),
+            epoch=self._epochs(),
             train_loss=sum(self.step_losses) / len(self.step_losses) if self.step_losses else float("nan"),
             step_losses=list(self.step_losses),
             eval_history=list(self.eval_history),

@@ -8,6 +8,8 @@ mixed-precision forward wrapper, gradient checkpointing, every attribute Acceler
 or transformers set on it or its submodules, each module's train/eval mode), also
 when the setup itself fails. Nothing is written to the output folder until the loop
 calls :meth:`Run.open_outputs`, once a resumed run's checkpoint has passed its checks.
+Launches that Accelerate silently narrows (one process where several were asked for,
+FSDP without an accelerator) are warned about here, see :mod:`petl.training.launch`.
 """
 
 from __future__ import annotations
@@ -25,14 +27,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from petl.core.distributed import is_sharded
 from petl.core.wrapping import is_wrapped, state_of
 from petl.errors import ConfigError, PetlError
 from petl.files import atomic_write_json, replace_dir
 from petl.tasks import CLASSIFICATION_TASKS, LM_TASKS, REPORTED_METRICS
 from petl.training.checkpoint import latest_checkpoint
 from petl.training.config import TrainConfig, default_learning_rate
-from petl.training.data import CheckedCollator, EpochOrder
+from petl.training.data import CheckedCollator, EpochOrder, is_stream
 from petl.training.evaluation import EvaluatorFactory
+from petl.training.launch import (
+    cpu_processes,
+    fsdp_without_device,
+    partial_state,
+    single_process_launch,
+    warn_about_launch,
+)
 from petl.training.step import build_optimizer
 
 __all__ = ["CONFIG_NAME", "Run", "check_output_dir", "prepare_run"]
@@ -40,25 +50,6 @@ __all__ = ["CONFIG_NAME", "Run", "check_output_dir", "prepare_run"]
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "train_config.json"
-
-
-def _cpu_processes() -> bool:
-    """Whether this is one of several processes on a machine without an accelerator device.
-
-    Accelerate sets up gloo for such a run only when asked for the CPU explicitly
-    (``accelerate launch --cpu`` does it; plain ``torchrun`` does not).
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    device_api = getattr(torch, "accelerator", None)
-    has_device = device_api.is_available() if device_api is not None else torch.cuda.is_available()
-    return not has_device
-
-
-def _partial_state() -> Any:
-    from accelerate import PartialState
-
-    return PartialState(cpu=_cpu_processes())
 
 
 def check_output_dir(output_dir: str | None, *, resume: bool = False) -> Path | None:
@@ -76,7 +67,7 @@ def check_output_dir(output_dir: str | None, *, resume: bool = False) -> Path | 
     """
     if output_dir is None:
         return None
-    state = _partial_state()
+    state = partial_state()
     folder = Path(output_dir)
     problem: str | None = None
     if state.is_main_process:
@@ -150,9 +141,13 @@ class Run:
     scheduler: Any
     train_loader: Any
     eval_loader: Any
-    sampler: EpochOrder
+    sampler: EpochOrder | None
+    """The order of each epoch; ``None`` for a streamed training set (read in passes, in its own order)."""
     total_steps: int
-    steps_per_epoch: int
+    steps_per_epoch: int | None
+    """Optimizer steps per epoch; ``None`` for a stream, which has no length."""
+    batches_per_epoch: int | None
+    """Micro-batches per epoch (of this process); ``None`` for a stream."""
     output_dir: Path | None
     evaluator_factory: EvaluatorFactory | None
     known_metrics: tuple[str, ...] | None
@@ -160,6 +155,15 @@ class Run:
     snapshot: ModelSnapshot
     enabled_checkpointing: bool
     enabled_input_grads: bool
+
+    def start_pass(self, epoch: int) -> None:
+        """Fix the data order of ``epoch`` (a pass over a stream) before its batches are read."""
+        if self.sampler is not None:
+            self.sampler.set_order(epoch)
+        elif hasattr(self.train_loader, "set_epoch"):
+            # Accelerate's loader hands the count to the stream (a shuffled one reshuffles by it)
+            # and keeps it, so that a loader skipping the batches of a resumed pass starts there too.
+            self.train_loader.set_epoch(epoch)
 
     def begin_strategy(self) -> None:
         if self.strategy is not None:
@@ -184,19 +188,25 @@ class Run:
             self.accelerator.init_trackers("petl", config={k: v for k, v in config.to_dict().items()
                                                            if isinstance(v, (int, float, str, bool))})
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the trainable tensors are DTensors (FSDP2): saving them is a collective, on every rank."""
+        return any(is_sharded(p) for p in self.unwrapped.parameters() if p.requires_grad)
+
     def save_model(self, folder: Path) -> None:
-        """Save the adapter (``petl.save``) or, under full fine-tuning, the whole model, atomically."""
-        if not self.accelerator.is_main_process:
-            return
-        replace_dir(folder, self._write_model)
+        """Save the adapter (``petl.save``) or, under full fine-tuning, the whole model, atomically.
 
-    def _write_model(self, folder: Path) -> None:
+        Called on every rank: rank 0 writes; the others take part only when the adapter is
+        sharded, since gathering it is a collective.
+        """
         if self.strategy is not None:
-            from petl.core.io import save
+            if self.accelerator.is_main_process or self.sharded:
+                from petl.core.io import save
 
-            save(self.unwrapped, folder)
-        else:
-            self.unwrapped.save_pretrained(folder, safe_serialization=True)
+                save(self.unwrapped, folder)  # replaces the folder whole by itself
+            return
+        if self.accelerator.is_main_process:
+            replace_dir(folder, lambda tmp: self.unwrapped.save_pretrained(tmp, safe_serialization=True))
 
     def close(self) -> None:
         """Undo the setup's changes to the user's model and release Accelerate's references."""
@@ -273,6 +283,12 @@ def prepare_run(
     if config.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
         raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing; "
                           "train without gradient_checkpointing.")
+    if is_stream(data.train) and config.max_steps is None:
+        raise ConfigError(
+            "The training data is a stream (an iterable dataset), which has no length to count epochs in: pass "
+            "TrainConfig(max_steps=N) (--max-steps N), the number of optimizer steps to take. A stream that ends "
+            "sooner is read again from its start."
+        )
     evaluator, known_metrics = _evaluation(data, evaluator)
     snapshot = ModelSnapshot(model)
     flags = {"checkpointing": False, "input_grads": False}
@@ -288,21 +304,36 @@ def _build_run(
     known_metrics: tuple[str, ...] | None, snapshot: ModelSnapshot, flags: dict[str, bool],
 ) -> Run:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from transformers import get_scheduler
 
     wrapped = is_wrapped(model)
+    stream = is_stream(data.train)
     _reset_accelerate()
+    fsdp_warning = fsdp_without_device()
+    warn_about_launch(fsdp_warning, "fsdp")
+    options: dict[str, Any] = {}
+    if stream and output_dir is not None and config.save_steps is None and config.eval_steps is None:
+        logger.warning("The training data is a stream, which has no epoch ends to checkpoint at: without save_steps "
+                       "or eval_steps no checkpoint is written (nothing to resume from). Pass save_steps=N.")
+    if stream:
+        # Each process reads its own slice of every batch group: dispatching batches from the main process
+        # would concatenate batches padded to different lengths.
+        options["dataloader_config"] = DataLoaderConfiguration(dispatch_batches=False)
     try:
         accelerator = Accelerator(
-            cpu=_cpu_processes(),
+            cpu=cpu_processes(),
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             log_with=config.log_with,
             project_dir=str(output_dir) if output_dir is not None else None,
+            **options,
         )
     except (ValueError, RuntimeError) as exc:
-        raise ConfigError(f"Accelerate cannot set up this run: {exc}") from exc
+        hint = (" An FSDP configuration needs a GPU or other accelerator: on CPUs, launch without FSDP "
+                "(--use_fsdp / distributed_type: FSDP) for plain data parallelism." if fsdp_warning else "")
+        raise ConfigError(f"Accelerate cannot set up this run: {exc}{hint}") from exc
+    warn_about_launch(single_process_launch(accelerator.num_processes), "processes")
     set_seed(config.seed)
 
     if config.gradient_checkpointing:
@@ -318,7 +349,7 @@ def _build_run(
     check_labels = None  # the number of classes the head can output
     if data.task in CLASSIFICATION_TASKS:
         check_labels = getattr(getattr(model, "config", None), "num_labels", None) or data.num_labels
-    sampler = EpochOrder(len(data.train), config.seed)
+    sampler = None if stream else EpochOrder(len(data.train), config.seed)
     # Own generators: creating a loader iterator must not draw from the global RNG (dropout uses it).
     train_loader = DataLoader(
         data.train, sampler=sampler, batch_size=config.batch_size,
@@ -340,21 +371,23 @@ def _build_run(
             model, optimizer, train_loader, eval_loader)
     else:
         prepared_model, prepared_optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    batches_per_epoch = None if stream else len(train_loader)
+    steps_per_epoch = None if stream else math.ceil(len(train_loader) / config.gradient_accumulation_steps)
     total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
     scheduler_name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
     scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    logger.info("Training %s for %d steps (%d per epoch) on %d process(es).",
-                "the adapter" if wrapped else "every parameter", total_steps, steps_per_epoch,
-                accelerator.num_processes)
+    logger.info("Training %s for %d steps (%s) on %d process(es).",
+                "the adapter" if wrapped else "every parameter", total_steps,
+                "a stream, read in passes" if stream else f"{steps_per_epoch} per epoch", accelerator.num_processes)
     prepared_model.train()
     return Run(
         config=config, task=data.task, accelerator=accelerator, model=prepared_model,
         unwrapped=accelerator.unwrap_model(prepared_model), strategy=state_of(model).strategy if wrapped else None,
         trainable=trainable, learning_rate=lr, optimizer=prepared_optimizer, scheduler=scheduler,
         train_loader=train_loader, eval_loader=eval_loader, sampler=sampler, total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch, output_dir=output_dir, evaluator_factory=evaluator,
+        steps_per_epoch=steps_per_epoch, batches_per_epoch=batches_per_epoch, output_dir=output_dir,
+        evaluator_factory=evaluator,
         known_metrics=known_metrics, snapshot=snapshot, enabled_checkpointing=flags["checkpointing"],
         enabled_input_grads=flags["input_grads"],
     )

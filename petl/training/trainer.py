@@ -28,7 +28,11 @@ Devices, precision and processes come from Accelerate, so one script runs anywhe
 
     python train.py                                   # one CPU or one GPU
     torchrun --nproc_per_node 2 train.py              # two processes (gloo on CPU, NCCL on GPUs)
-    accelerate launch --multi_gpu --num_processes 4 train.py
+    accelerate launch --multi_gpu --num_processes 4 train.py   # also on CPUs (gloo), without --cpu
+
+(``accelerate launch --cpu --num_processes 4`` starts the script once, and an FSDP
+configuration on a machine without GPUs runs as plain data parallelism: petl warns
+about both, see :mod:`petl.training.launch`.)
 
 Under data parallelism each process reads its own shard of every epoch (Accelerate
 pads the last batches so that all processes take the same number of steps),
@@ -100,26 +104,54 @@ def train(
     were. Log records the interrupted run wrote after that
     checkpoint are dropped from ``log.jsonl``, since the resumed run writes them again.
 
+    ``train_data`` (and ``eval_data``) may be any of these forms; everything but a
+    ``TaskData`` goes through ``petl.data.load_task_data``:
+
+    * a prepared ``petl.data.TaskData`` (then ``eval_data`` and ``data_options`` stay
+      unset; its ``eval`` split is used);
+    * a path to a CSV / TSV / JSON lines / JSON / CoNLL file or to a folder of
+      ``<split>.<ext>`` files, or a Hub data set name;
+    * a ``datasets.Dataset``, a pandas ``DataFrame`` or a list of dicts, one per row, all
+      with the same keys (``[{"text": "a fine film", "label": 1}, ...]``);
+    * a ``datasets.DatasetDict`` as ``train_data`` alone: its "train" split trains and its
+      "validation" (else "valid", "dev", "val") split evaluates, as the log says. A "test"
+      split is never evaluated on unasked: a dict with only "train" and "test" is refused
+      (pass ``eval_data=dataset_dict["test"]`` if that is meant). With ``eval_data`` given,
+      ``eval_data`` evaluates (logged);
+    * pre-tokenized rows (an ``input_ids`` column, with ``attention_mask``,
+      ``token_type_ids`` and ``labels`` or ``label``), in any form above: checked row by row
+      and used as they are, other columns dropped. No tokenizer is needed: batches are
+      padded with the tokenizer's pad id when one is given, else the model config's
+      ``pad_token_id``. Labels are a class id per row (sequence classification), a list
+      aligned with ``input_ids`` (token classification, causal LM) or target ids (seq2seq),
+      with -100 for no loss;
+    * as ``train_data`` only, a ``datasets.IterableDataset`` (a stream), raw (tokenised on
+      the fly) or pre-tokenized. It needs ``config.max_steps``, since a stream has no length
+      to count epochs in; a stream that ends sooner is read again (``set_epoch(pass)`` first,
+      so a shuffled stream reshuffles deterministically). Evaluation and checkpoints follow
+      ``eval_steps`` / ``save_steps`` (there is no epoch end). A resume starts the saved pass
+      again and skips the batches already consumed, reproducing the uninterrupted run when
+      the stream repeats its rows pass by pass.
+
     Args:
         model: The model, wrapped or plain, with a head for ``task``.
-        train_data: A prepared ``petl.data.TaskData`` (then ``eval_data`` stays
-            ``None``; its ``eval`` split is used), or a raw source for
-            ``petl.data.load_task_data``: a CSV/TSV/JSONL/CoNLL path or a ``datasets`` object.
-        eval_data: A raw evaluation source, like ``train_data``.
-        tokenizer: The model's tokenizer, needed with raw sources.
+        train_data: The training data, in one of the forms above.
+        eval_data: The evaluation data, in one of the forms above but a ``TaskData`` or a stream.
+        tokenizer: The model's tokenizer, needed with raw text (not with pre-tokenized data).
         task: ``"sequence-classification"``, ``"token-classification"``, ``"causal-lm"``
             or ``"seq2seq"``; taken from the ``TaskData`` or inferred from the model's
             class when ``None``.
         config: Training options; the defaults of :class:`TrainConfig` when ``None``.
         evaluator: A callable returning a fresh ``TaskEvaluator`` before each
             evaluation; ``None`` uses ``petl.metrics.evaluator_for(task, label_names)``.
-        data_options: Extra keyword options for ``load_task_data`` with raw sources
-            (``max_length``, ``text_column``, ``label_column``, ``limit``, ...).
+        data_options: Extra keyword options for ``load_task_data``
+            (``max_length``, ``text_column``, ``label_column``, ``label_names``, ``limit``, ...).
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
+        ConfigError: A stream without ``config.max_steps``; raw text without a tokenizer.
         PetlError: Bad data (missing columns, labels out of range), an unwritable
             output folder (checked before training starts), or a non-finite loss (the
             message names the step; earlier checkpoints are kept).
