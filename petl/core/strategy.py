@@ -14,10 +14,16 @@ folder written by peft's ``save_pretrained`` (which has no ``petl_config.json``)
 ``peft_type`` to the ``peft_type`` of peft's ``adapter_config.json`` (``"LORA"``) and
 turns that file into its config with :meth:`StrategyBase.config_from_peft` (and, where
 peft's tensors differ from its own, :meth:`StrategyBase.tensors_from_peft`).
+
+Evaluation asks the strategy for :meth:`Strategy.merged_for_inference`: a block in which an
+adapter that is a weight change (LoRA, AdaLoRA) is folded into the base weights, so that a
+forward pass costs what the base model's costs, and after which the model is back bit for bit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -26,7 +32,7 @@ from torch import nn
 from petl.core.config import StrategyConfig
 from petl.errors import CheckpointError, NotMergeableError, PetlError
 
-__all__ = ["Strategy", "StrategyBase"]
+__all__ = ["Strategy", "StrategyBase", "refuse_training"]
 
 
 @runtime_checkable
@@ -91,6 +97,26 @@ class Strategy(Protocol):
 
     def load_training_state(self, model: nn.Module, state: Any) -> None:
         """Take back what :meth:`training_state` returned, when a run resumes."""
+
+    def merged_for_inference(self, model: nn.Module) -> AbstractContextManager[bool]:
+        """A block in which ``model`` runs with the adapter folded into its base weights.
+
+        Yields ``True`` when the adapter is folded in: forward passes then cost what the base
+        model's cost, and compute what the wrapped model computes up to float rounding (the
+        merged weight ``W0 + delta`` is rounded once, in the weight's dtype). Yields ``False``
+        when nothing changed: the strategy's adapter is no weight change (the default), or
+        this model's adapter cannot be merged here (the strategy logs why). However the
+        block is left (normally, by an exception or by ``KeyboardInterrupt``), the model is
+        then back bit for bit: every weight, and the adapter active again. Nested blocks are
+        safe; the inner one changes nothing.
+
+        Only for inference: a merged adapter receives no gradient, so training inside the
+        block would silently train nothing.
+
+        Raises:
+            PetlError: ``model`` is in training mode with gradients enabled, on entry or at
+                a forward pass inside the block.
+        """
 
 
 class StrategyBase:
@@ -165,4 +191,25 @@ class StrategyBase:
             "Resume with the strategy the run was started with."
         )
 
+    @contextmanager
+    def merged_for_inference(self, model: nn.Module) -> Iterator[bool]:
+        """Changes nothing and yields ``False`` (after the same training-mode check as a merging one)."""
+        refuse_training(model, self.config.strategy)
+        yield False
 
+
+def refuse_training(model: nn.Module, strategy: str) -> None:
+    """Raise unless ``model`` is in eval mode or gradients are disabled: what
+    :meth:`Strategy.merged_for_inference` requires.
+
+    Raises:
+        PetlError: ``model.training`` and ``torch.is_grad_enabled()`` both hold.
+    """
+    if model.training and torch.is_grad_enabled():
+        raise PetlError(
+            f"merged_for_inference of the {strategy!r} strategy needs a model in inference, but this "
+            f"{type(model).__name__} is in training mode with gradients enabled. Inside the block the adapter "
+            "is folded into the frozen base weights, so it would receive no gradient and training would "
+            "silently change nothing. Call model.eval() or run under torch.no_grad() (petl.train's evaluation "
+            "does both), and train outside the block."
+        )

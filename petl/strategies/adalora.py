@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import peft
 import torch
+from peft.tuners.adalora import layer as peft_adalora
 from torch import nn
 
 from petl.core.config import StrategyConfig
@@ -123,6 +124,8 @@ class AdaLoraStrategy(LoraStrategy):
     }
     # peft's AdaLoRA ignores ``r``; ``rank_pattern`` is read by tensors_from_peft.
     peft_read: ClassVar[frozenset[str]] = LoraStrategy.peft_read | {"r", "rank_pattern"}
+    # Merged for inference like LoRA: W0 + scaling / (r_k + 1e-5) * P (Lambda Q), pruned triplets adding zero.
+    mergeable_layers: ClassVar[tuple[type, ...]] = (peft_adalora.SVDLinear, peft_adalora.SVDConv2d)
 
     config: AdaLoraConfig
 

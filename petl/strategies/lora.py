@@ -8,7 +8,9 @@ A frozen linear layer ``h = W0 x`` becomes
 with ``A`` random and ``B`` zero at initialisation, so the wrapped model starts out
 computing exactly what the base model computed. Each adapted layer adds
 ``r * (d_in + d_out)`` trainable parameters, and ``merge`` folds ``(alpha / r) B A``
-into ``W0`` so that inference costs nothing extra.
+into ``W0`` so that inference costs nothing extra. :meth:`LoraStrategy.merged_for_inference`
+does so for the length of a block only (evaluation runs in one): on leaving it a copy of
+each adapted ``W0`` is put back, bit for bit (see :mod:`petl.strategies.peft_merge`).
 
 petl does not re-implement LoRA: it injects peft's layers into the model in place
 (no wrapper class around the model) and saves in peft's format, so a folder written
@@ -21,11 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import peft
 import torch
+from peft.tuners.lora import layer as peft_lora
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
@@ -36,6 +41,7 @@ from petl.core.registry import register
 from petl.core.strategy import StrategyBase
 from petl.errors import CheckpointError, PetlError, TargetNotFoundError
 from petl.modeling.layers import linear_layer_names
+from petl.strategies.peft_merge import merged_peft_layers
 from petl.tasks import PEFT_TASK_TYPES, task_of_model
 
 __all__ = ["LoraConfig", "LoraStrategy"]
@@ -116,6 +122,11 @@ class LoraStrategy(StrategyBase):
     """peft's name -> petl's name of the options carried over one to one from ``adapter_config.json``."""
     peft_read: ClassVar[frozenset[str]] = frozenset({"target_modules", "modules_to_save", "init_lora_weights"})
     """Further ``adapter_config.json`` fields :meth:`config_from_peft` reads (or checks) itself."""
+    mergeable_layers: ClassVar[tuple[type, ...]] = (
+        peft_lora.Linear, peft_lora.Embedding, peft_lora.Conv1d, peft_lora.Conv2d, peft_lora.Conv3d,
+    )
+    """peft layers whose ``merge`` only adds to the base layer's tensors in place, so that
+    :meth:`merged_for_inference` can put them back by copying (quantized ones cannot)."""
 
     config: LoraConfig
 
@@ -268,6 +279,20 @@ class LoraStrategy(StrategyBase):
 
     def merge(self, model: nn.Module) -> nn.Module:
         return self.tuner.merge_and_unload()
+
+    @contextmanager
+    def merged_for_inference(self, model: nn.Module) -> Iterator[bool]:
+        """Fold ``B A`` into each adapted weight for the block; afterwards the model is back bit for bit.
+
+        Costs one extra copy of every adapted layer's base weight (and bias) on its device for the
+        block's length. Yields ``False`` and changes nothing when a layer cannot be restored by copying
+        (quantized or tied weights, disabled adapters; see :mod:`petl.strategies.peft_merge`).
+
+        Raises:
+            PetlError: ``model`` is in training mode with gradients enabled.
+        """
+        with merged_peft_layers(model, self.mergeable_layers, self.config.strategy) as merged:
+            yield merged
 
 
 def _peft_defaults(config_class: type) -> dict[str, Any]:

@@ -106,6 +106,12 @@ class TrainConfig:
     come from a run with the same options that fix the data, schedule and optimizer, the
     same strategy and strategy options, and the same model; it is checked whole before
     anything is loaded, and a refused one changes neither the model nor the folder."""
+    merged_eval: bool = True
+    """Evaluate with a LoRA-family adapter folded into the base weights (the strategy's
+    ``merged_for_inference``), so evaluation costs what the base model costs; the weights are put
+    back bit for bit afterwards and the metrics agree up to float rounding. Needs one extra copy
+    of each adapted weight during evaluation; turn it off when memory is that tight. Strategies
+    that are no weight change (prefix, bottleneck) evaluate as they are either way."""
     logging_steps: int = 10
     """Log the mean loss, learning rate and throughput every this many optimizer steps."""
     log_with: str | None = None
@@ -129,7 +135,7 @@ class TrainConfig:
         check_non_negative_int("seed", self.seed)
         check(isinstance(self.metric_for_best, str) and self.metric_for_best != "",
               f"metric_for_best must be a metric name such as 'eval_loss' or 'accuracy', got {self.metric_for_best!r}.")
-        for name in ("gradient_checkpointing", "load_best_at_end", "resume", "progress_bar"):
+        for name in ("gradient_checkpointing", "load_best_at_end", "resume", "merged_eval", "progress_bar"):
             check_bool(name, getattr(self, name))
         check(self.greater_is_better is None or isinstance(self.greater_is_better, bool),
               f"greater_is_better must be True, False or None, got {self.greater_is_better!r}.")

@@ -13,6 +13,12 @@ input ids with unlabelled positions set to -100; the shift happens here, as insi
 Hugging Face models). Sequence classification with a single output is regression
 and uses the squared error instead.
 
+With ``merged=True`` (``TrainConfig.merged_eval``, on by default) the loop runs inside the
+strategy's :meth:`~petl.core.strategy.Strategy.merged_for_inference`: a LoRA-family adapter
+is folded into the base weights for the evaluation, so it costs what the base model costs,
+and the weights are put back bit for bit afterwards, even when evaluation fails or is
+interrupted. The metrics are the same up to float rounding.
+
 Under data parallelism each process evaluates its shard and the per-example sums
 and logits are gathered with Accelerate's ``gather_for_metrics``, which drops the
 examples repeated to give every process the same number of batches.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from petl.core.wrapping import is_wrapped, state_of
 from petl.errors import ConfigError, suggest
 from petl.metrics import TaskEvaluator, perplexity
 from petl.tasks import IGNORE_INDEX, LM_TASKS
@@ -39,6 +47,7 @@ __all__ = [
     "check_metric_name",
     "evaluate",
     "example_losses",
+    "inference_weights",
     "lower_is_better",
     "metric_key",
 ]
@@ -70,6 +79,26 @@ def example_losses(task: str, logits: torch.Tensor, labels: torch.Tensor) -> tup
     return per_token.sum(-1), (labels != IGNORE_INDEX).sum(-1).float()
 
 
+def inference_weights(model: nn.Module, *, merged: bool) -> AbstractContextManager[bool]:
+    """The block evaluation runs in: the strategy's ``merged_for_inference`` when ``merged``
+    and ``model`` (or the module a DDP or compile wrapper holds) is wrapped, else a no-op.
+
+    Yields whether the adapter is folded into the weights.
+    """
+    inner = _wrapped_module(model) if merged else None
+    if inner is None:
+        return nullcontext(False)
+    return state_of(inner).strategy.merged_for_inference(inner)
+
+
+def _wrapped_module(model: nn.Module) -> nn.Module | None:
+    """``model``, or the wrapped model inside a DDP or ``torch.compile`` wrapper, if petl wrapped it."""
+    for candidate in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
+        if isinstance(candidate, nn.Module) and is_wrapped(candidate):
+            return candidate
+    return None
+
+
 def evaluate(
     model: nn.Module,
     loader: Any,
@@ -77,18 +106,28 @@ def evaluate(
     task: str,
     accelerator: Any,
     evaluator: TaskEvaluator | None,
+    merged: bool = False,
 ) -> dict[str, float]:
     """Evaluate ``model`` on ``loader`` (prepared by ``accelerator``); keys start with ``eval_``.
 
     Every process returns the same metrics, so decisions taken on them (early
     stopping, the best adapter) agree across processes.
+
+    Args:
+        model: The model as the accelerator prepared it.
+        loader: The evaluation batches, each with ``labels``.
+        task: One of :data:`petl.tasks.TASKS`.
+        accelerator: The run's ``accelerate.Accelerator``.
+        evaluator: Collects logits and labels for the task's metrics, or ``None`` for the loss only.
+        merged: Run inside the strategy's ``merged_for_inference`` (``TrainConfig.merged_eval``):
+            a LoRA-family adapter then costs nothing, and the weights are restored bit for bit.
     """
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64)
     count = torch.zeros((), dtype=torch.float64)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), inference_weights(model, merged=merged):
             for batch in loader:
                 logits = model(**batch).logits
                 labels = batch["labels"]

@@ -322,7 +322,7 @@ class TrainLoop:
             return False
         factory = run.evaluator_factory
         metrics = evaluate(run.model, run.eval_loader, task=run.task, accelerator=self.acc,
-                           evaluator=factory() if factory is not None else None)
+                           evaluator=factory() if factory is not None else None, merged=self.config.merged_eval)
         if self.best.metric not in metrics:
             raise ConfigError(
                 f"metric_for_best={self.config.metric_for_best!r} is not among the evaluation metrics."
