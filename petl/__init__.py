@@ -58,7 +58,7 @@ _SUBMODULES = {
     "validators": "petl.core.validators",
     **{name: f"petl.{name}" for name in (
         "bench", "cli", "core", "data", "errors", "files", "integrations", "metrics", "modeling", "strategies",
-        "tasks", "training",
+        "tasks", "threads", "training",
     )},
 }
 """Modules reachable as attributes: the subpackages, and ``petl.registry`` and

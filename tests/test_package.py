@@ -1,7 +1,7 @@
 """The shape of the package: what ``import petl`` costs, and which subsystem may import which.
 
 The layers (``cli -> bench -> training -> core <- strategies``, with ``modeling``,
-``data``, ``metrics``, ``tasks``, ``errors`` and ``files`` below) are read from the
+``data``, ``metrics``, ``tasks``, ``errors``, ``files`` and ``threads`` below) are read from the
 source with ``ast``, so an import that points the wrong way fails here, wherever in
 a module it sits.
 """
@@ -20,11 +20,12 @@ import petl
 
 PACKAGE = Path(petl.__file__).parent
 HEAVY = ("torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes", "safetensors")
-BELOW = {"errors", "tasks", "files"}
+BELOW = {"errors", "tasks", "files", "threads"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "tasks": {"errors"},
     "files": set(),
+    "threads": {"errors"},
     "modeling": BELOW,
     "data": BELOW,
     "metrics": BELOW,

@@ -25,6 +25,7 @@ from petl.bench.config import BenchConfig, check_runnable
 from petl.bench.environment import collect_environment, load_average
 from petl.bench.results import BenchResult, StrategyResult, add_ratios, add_timing, aggregate
 from petl.errors import PetlError
+from petl.threads import set_wait_policy
 
 __all__ = ["default_output_dir", "run_benchmark"]
 
@@ -46,7 +47,7 @@ def _worker_env(device: str) -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Spinning OpenMP threads wait for each other when another process holds a core: on a
     # shared 2-core machine a MiniLM step measured 7.0 s with spinning and 0.9 s without.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_wait_policy(env)
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     checkout = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (checkout, env.get("PYTHONPATH")) if p)

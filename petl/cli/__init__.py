@@ -9,9 +9,11 @@ Each subcommand is one module of this package, listed in :data:`SUBCOMMANDS`, wi
 ``NAME``, ``HELP`` (its line in ``petl --help``), ``add_arguments(parser)`` and
 ``run(args)`` (the parsed arguments -> the exit code); the second paragraph of its
 docstring is the description ``petl NAME --help`` shows. Building the parser
-imports nothing heavy, so ``petl --help`` answers at once; a handler imports what
-its work needs. Errors petl raises for bad input are shown as one line on stderr
-with exit code 2, without a traceback.
+imports nothing heavy, so ``petl --help`` answers at once; a handler first sets up
+torch's CPU threads (``--threads``, :func:`petl.threads.configure`: OpenMP reads its
+settings once, when torch loads) and then imports what its work needs. Errors petl
+raises for bad input are shown as one line on stderr with exit code 2, without a
+traceback.
 """
 
 from __future__ import annotations

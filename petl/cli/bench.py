@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from petl.cli.common import add_threads_argument, configure_threads
+
 __all__ = ["HELP", "NAME", "add_arguments", "run"]
 
 
@@ -51,6 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config's device")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_threads_argument(p)
 
 
 def _bench_config(args: argparse.Namespace) -> Any:
@@ -72,6 +75,7 @@ def _bench_config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """``petl bench``: run, print the table, and say where the files are. Exit code 1
     when a row failed (its error is in the table and the files)."""
+    configure_threads(args)  # before torch loads; the worker processes inherit the environment it sets
     from petl.bench.report import format_table, write_reports
     from petl.bench.runner import default_output_dir, run_benchmark
 

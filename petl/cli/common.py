@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
 from petl.errors import ConfigError
+from petl.threads import ThreadSettings, configure
 
-__all__ = ["FULL", "parse_set"]
+__all__ = ["FULL", "add_threads_argument", "configure_threads", "parse_set"]
 
 FULL = "full"
 """The ``--strategy`` name of full fine-tuning: the plain model, every weight trained."""
@@ -29,3 +31,25 @@ def parse_set(item: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         value = {"true": True, "false": False, "none": None}.get(raw.strip().lower(), raw)
     return key, value
+
+
+def add_threads_argument(parser: argparse.ArgumentParser | Any) -> None:
+    """Add ``--threads N`` to a subcommand's parser (or one of its argument groups)."""
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch (default: OMP_NUM_THREADS, else one per CPU this process may "
+                             "use); fewer on a machine shared with other jobs. petl also sets "
+                             "OMP_WAIT_POLICY=PASSIVE unless it is set")
+
+
+def configure_threads(args: argparse.Namespace) -> ThreadSettings:
+    """Set up torch's CPU threads from ``--threads``; the first thing a handler does, before
+    anything imports torch (see :mod:`petl.threads`).
+
+    Raises:
+        ConfigError: ``--threads`` is not a positive integer.
+    """
+    count = getattr(args, "threads", None)
+    if count is not None and count < 1:
+        raise ConfigError(f"--threads must be a positive integer, got {count}. Pass --threads 1 or more, or leave "
+                          "it out for one thread per CPU.")
+    return configure(count)

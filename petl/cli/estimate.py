@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from petl.cli.common import parse_set
+from petl.cli.common import add_threads_argument, configure_threads, parse_set
 from petl.core.validators import check_positive_int
 from petl.errors import ConfigError
 from petl.tasks import TASKS
@@ -51,6 +51,7 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
                    help="base precision(s) to estimate (repeatable; default: all three)")
     e.add_argument("--optimizer", default="adamw", metavar="{adamw,adamw8bit}")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_threads_argument(e)
 
 
 def strategies_from_items(items: list[tuple[str, str]] | None) -> list[tuple[str, str, dict[str, Any]]] | None:
@@ -97,6 +98,7 @@ def _estimate_source(model: str) -> tuple[str, list[tuple[str, str, dict[str, An
 
 def run(args: argparse.Namespace) -> int:
     """``petl estimate``: print the parameter and memory table (or JSON)."""
+    configure_threads(args)  # before the import below loads torch
     from petl.bench.estimate import PRECISIONS, estimate, format_estimate
 
     check_positive_int("--num-labels", args.num_labels)  # before a benchmark config is read or a model built

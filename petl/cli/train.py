@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from petl.cli.common import FULL, parse_set
+from petl.cli.common import FULL, add_threads_argument, configure_threads, parse_set
 from petl.errors import ConfigError
 from petl.tasks import TASKS
 
@@ -85,6 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--logging-steps", type=int, default=10)
     t.add_argument("--log-with", help="also log to an Accelerate tracker: tensorboard")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_threads_argument(t)
 
 
 def _train_config(args: argparse.Namespace) -> Any:
@@ -153,6 +154,7 @@ def _check_options(args: argparse.Namespace, config: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``petl train``: load, wrap, train, and print a JSON summary."""
+    configure_threads(args)  # before the imports below load torch: OpenMP reads its settings once
     from accelerate.utils import set_seed
 
     from petl.core.params import count_parameters

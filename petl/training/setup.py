@@ -32,6 +32,7 @@ from petl.core.wrapping import is_wrapped, state_of
 from petl.errors import ConfigError, PetlError
 from petl.files import atomic_write_json, replace_dir
 from petl.tasks import CLASSIFICATION_TASKS, LM_TASKS, REPORTED_METRICS
+from petl.threads import warn_once_if_oversubscribed
 from petl.training.checkpoint import latest_checkpoint
 from petl.training.config import TrainConfig, default_learning_rate
 from petl.training.data import CheckedCollator, EpochOrder, is_stream
@@ -334,6 +335,8 @@ def _build_run(
                 "(--use_fsdp / distributed_type: FSDP) for plain data parallelism." if fsdp_warning else "")
         raise ConfigError(f"Accelerate cannot set up this run: {exc}{hint}") from exc
     warn_about_launch(single_process_launch(accelerator.num_processes), "processes")
+    if accelerator.is_main_process:
+        warn_once_if_oversubscribed(logger)  # other busy processes make OpenMP threads wait
     set_seed(config.seed)
 
     if config.gradient_checkpointing:
