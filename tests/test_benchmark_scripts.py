@@ -54,3 +54,29 @@ def test_import_time_script(tmp_path: Path) -> None:
     assert all(mine[c]["median_s"] > 0 for c in ("python -c pass", "import petl", "petl --help"))
     assert not any(row["module"].startswith(("torch", "transformers", "peft")) for row in mine["slowest_imports"])
     _check_environment(result, (tmp_path / "import_time.md").read_text())
+
+
+def test_shared_cpu_script(tmp_path: Path) -> None:
+    _run("shared_cpu.py", "--quick", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "shared_cpu.json").read_text())
+    assert set(result["cells"]) == {"0/default", "0/petl", "1/default", "1/petl"}
+    assert all(cell["median_s"] > 0 and cell["steps"] == 2 for cell in result["cells"].values())
+    assert result["cells"]["0/petl"]["ratio_to_idle"] == 1.0
+    runs = {(r["load"], r["setting"]): r for r in result["runs"]}
+    assert runs[1, "petl"]["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert runs[1, "default"]["env"]["OMP_WAIT_POLICY"] is None
+    target = result["target"]
+    assert target["measured_ratio"] == result["cells"]["1/petl"]["ratio_to_idle"]
+    assert target["met"] == (target["measured_ratio"] <= 1.5) and result["load_at_start"]["load_average"]
+    _check_environment(result, (tmp_path / "shared_cpu.md").read_text())
+
+
+def test_lora_step_time_script(tmp_path: Path) -> None:
+    _run("lora_step_time.py", "--quick", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "lora_step_time.json").read_text())
+    v = result["variants"]
+    assert set(v) == {"full fine-tuning", "petl lora", "peft lora"}
+    assert v["petl lora"]["trainable"] == v["peft lora"]["trainable"] < v["full fine-tuning"]["trainable"]
+    assert result["petl_over_peft"] == v["petl lora"]["median_s"] / v["peft lora"]["median_s"]
+    assert result["targets"]["lora_at_most_0.72_of_full"] == (result["lora_over_full"] <= 0.72)
+    _check_environment(result, (tmp_path / "lora_step_time.md").read_text())
