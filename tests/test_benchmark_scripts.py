@@ -80,3 +80,30 @@ def test_lora_step_time_script(tmp_path: Path) -> None:
     assert result["petl_over_peft"] == v["petl lora"]["median_s"] / v["peft lora"]["median_s"]
     assert result["targets"]["lora_at_most_0.72_of_full"] == (result["lora_over_full"] <= 0.72)
     _check_environment(result, (tmp_path / "lora_step_time.md").read_text())
+
+
+def test_padding_script(tmp_path: Path) -> None:
+    _run("padding.py", "--quick", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "padding.json").read_text())
+    assert set(result["cases"]) == {"sst2", "conll2003", "causal"}
+    for case in result["cases"].values():
+        assert all(v["tokens_per_second"] > 0 and 0 <= v["padded_fraction"] < 1 for v in case["variants"].values())
+    grouped, random = (result["cases"]["sst2"]["variants"][v] for v in ("length-grouped", "random order"))
+    assert grouped["padded_fraction"] < random["padded_fraction"]
+    packed, padded = (result["cases"]["causal"]["variants"][v] for v in ("packed", "padded"))
+    assert packed["padded_fraction"] < padded["padded_fraction"]
+    assert packed["metric_mean"] == pytest.approx(padded["metric_mean"], rel=1e-4)  # the same batches, packed
+    assert result["target"]["met"] == all(s >= 1.3 for s in result["target"]["speedups"].values())
+    _check_environment(result, (tmp_path / "padding.md").read_text())
+
+
+def test_estimate_accuracy_script(tmp_path: Path) -> None:
+    _run("estimate_accuracy.py", "--quick", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "estimate_accuracy.json").read_text())
+    assert result["quick"] and len(result["cases"]) == 2
+    for case in result["cases"]:
+        parts = case["estimate"]
+        assert parts["total_mib"] > parts["activations_mib"] > 0 and parts["weights_mib"] > 0
+        assert abs(case["mmap_64k"]["error_pct"]) <= result["summary"]["target_pct"]
+        assert case["glibc_default"]["measured_mib"] > 0
+    _check_environment(result, (tmp_path / "estimate_accuracy.md").read_text())

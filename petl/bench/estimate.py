@@ -8,27 +8,26 @@ of the real wrapped model. A strategy whose wrapping needs real tensors (it runs
 model once, say) is counted on a materialised copy when the model is small enough,
 and otherwise reported with the reason.
 
-Memory of training, for ``P_f`` frozen and ``P_t`` trainable parameters:
+Memory of training, per strategy and base precision (``fp32``, ``bf16``, ``int8``, ``int4``):
 
-    weights    = sum over frozen params of b_frozen(p) + P_t * b_train
-    gradients  = P_t * b_train
-    optimizer  = 2 * P_t * b_train  (AdamW: two states in the parameter's dtype)
-               = 2 * P_t            (8-bit AdamW: two 1-byte states)
-    total      = weights + gradients + optimizer
+* weights, gradients and optimizer states follow from the parameter counts and the bytes
+  per parameter of each precision (:mod:`petl.bench.memory`, where the rules are);
+* given a batch shape (``batch_size`` x ``seq_len`` tokens, with or without gradient
+  checkpointing), activations are not a factor per model family but the trace of one
+  training step of this wrapped model on fake tensors, forward, backward and optimizer
+  step, counting the bytes of every tensor the step keeps alive at each moment
+  (:mod:`petl.bench.activations`, where the method is). The total is then the traced
+  peak of the step,
 
-with bytes per parameter by base precision:
+      peak = weights + optimizer states + max(activations + gradients alive at once
+                                              in forward/backward, gradients + step temporaries)
 
-* ``fp32``: ``b_frozen = b_train = 4``;
-* ``bf16``: ``b_frozen = 2``; ``b_train = 4`` for adapters and heads (petl keeps
-  trainable weights in fp32 under autocast), ``2`` for full fine-tuning (the weights
-  themselves are bf16);
-* ``int8``: the linear layers bitsandbytes quantizes take 1 byte per weight plus a
-  4-byte scale per output row; every other parameter (embeddings, norms, biases,
-  task heads) is fp32 (4 bytes), as peft's ``prepare_model_for_kbit_training`` leaves
-  it; ``b_train = 4``. Full fine-tuning cannot train 8-bit weights.
+  which is at most weights + gradients + optimizer states + activations; without a batch
+  shape the total is weights + gradients + optimizer states.
 
-Not included: activations (they depend on batch size and sequence length), the
-CUDA context, allocator fragmentation, and bitsandbytes' block statistics (and the
+``benchmarks/estimate_accuracy.py`` checks the peak against the peak resident memory
+of real CPU training steps. Not included: the CUDA context, allocator rounding and
+fragmentation, bitsandbytes' block statistics of 8-bit optimizer states (and the
 32-bit states it keeps for tensors under 4096 elements).
 """
 
@@ -36,36 +35,48 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from petl.core.validators import check_non_negative_int, check_positive_int
+from petl.bench.memory import PRECISIONS, MemoryEstimate, dequantized_bytes, memory_estimate, quantized_weights
+from petl.bench.table import format_estimate
+from petl.core.validators import check_bool, check_non_negative_int, check_positive_int
 from petl.errors import ConfigError, PetlError, suggest
-from petl.modeling.layers import linear_dims
 from petl.modeling.loading import task_of_config
 from petl.tasks import CLASSIFICATION_TASKS, auto_class_name, check_task
 from petl.training.config import OPTIMIZERS
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_SEQ_LEN",
     "PRECISIONS",
     "PRESETS",
+    "BatchShape",
     "EstimateReport",
     "MemoryEstimate",
     "StrategyEstimate",
     "estimate",
+    "format_estimate",
     "memory_estimate",
     "resolve_model_config",
 ]
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "int8")
 MATERIALIZE_LIMIT = 300_000_000
 """Largest model (in parameters) built for real when a strategy cannot wrap a meta model."""
+DEFAULT_BATCH_SIZE = 8
+"""The batch size activations are traced at when only the length or checkpointing is given
+(the trainer's default, :class:`petl.training.TrainConfig`)."""
+DEFAULT_SEQ_LEN = 128
+"""The sequence length activations are traced at when only the batch size or checkpointing
+is given (the length petl's data preparation truncates to by default)."""
+
+
 def _llama(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int) -> Callable[[], Any]:
     def build() -> Any:
         from transformers import LlamaConfig
@@ -86,22 +97,12 @@ PRESETS: dict[str, Callable[[], Any]] = {
 
 
 @dataclass(frozen=True)
-class MemoryEstimate:
-    """Training memory of one strategy at one base precision, in bytes."""
+class BatchShape:
+    """The training batch activations are traced for."""
 
-    precision: str
-    optimizer: str
-    weights_bytes: int | None
-    gradient_bytes: int | None
-    optimizer_bytes: int | None
-    note: str | None = None
-    """Why the estimate does not apply (``None`` when it does)."""
-
-    @property
-    def total_bytes(self) -> int | None:
-        if self.weights_bytes is None or self.gradient_bytes is None or self.optimizer_bytes is None:
-            return None
-        return self.weights_bytes + self.gradient_bytes + self.optimizer_bytes
+    batch_size: int
+    seq_len: int
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -131,6 +132,8 @@ class EstimateReport:
     task: str
     config_class: str
     rows: list[StrategyEstimate]
+    shape: BatchShape | None = None
+    """The batch activations were traced for (``None``: activations not estimated)."""
 
     def to_dict(self) -> dict[str, Any]:
         rows = []
@@ -139,7 +142,8 @@ class EstimateReport:
             item["share"] = row.share
             item["memory"] = [{**asdict(m), "total_bytes": m.total_bytes} for m in row.memory]
             rows.append(item)
-        return {"model": self.model, "task": self.task, "config_class": self.config_class, "rows": rows}
+        return {"model": self.model, "task": self.task, "config_class": self.config_class,
+                "activations": None if self.shape is None else asdict(self.shape), "rows": rows}
 
 
 def resolve_model_config(source: str) -> tuple[Any, str]:
@@ -190,16 +194,17 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _check_buildable(config: Any, task: str, description: str) -> int:
+def _check_buildable(config: Any, task: str, description: str, gradient_checkpointing: bool) -> int:
     """The parameter count of the model ``config`` describes, built on the meta device.
 
     Raises:
         PetlError: The config's values do not make a model (a negative size, zero heads, ...).
+        ConfigError: ``gradient_checkpointing`` is asked of a model that does not support it.
     """
     from petl.core.params import count_parameters
 
     try:
-        return count_parameters(_build(config, task, "meta")).total
+        model = _build(config, task, "meta")
     except PetlError:
         raise
     except Exception as exc:  # raised by transformers or torch from a value of the config
@@ -208,81 +213,96 @@ def _check_buildable(config: Any, task: str, description: str) -> int:
             f"{type(exc).__name__}: {_one_line(exc)}. Fix the value in its config.json (sizes and head counts must be "
             "positive integers that divide evenly), or pass --task / task= for another head."
         ) from exc
+    if gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing; "
+                          "estimate without gradient_checkpointing (--gradient-checkpointing).")
+    return count_parameters(model).total
 
 
-def _quantized_weights(model: nn.Module) -> dict[int, int]:
-    """``id(weight) -> output rows`` of the linear layers 8-bit loading quantizes
-    (the choice of :func:`petl.modeling.loading.load_model`: :func:`int8_skip_modules` stay)."""
-    from transformers.pytorch_utils import Conv1D
-    from transformers.quantizers.quantizers_utils import should_convert_module
-
-    from petl.modeling.loading import int8_skip_modules
-
-    keep = int8_skip_modules(model)
-    out = {}
-    for name, module in model.named_modules():
-        # bitsandbytes replaces exact nn.Linear and Conv1D layers (not other subclasses of nn.Linear)
-        if (isinstance(module, Conv1D) or type(module) is nn.Linear) and should_convert_module(name, keep):
-            out[id(module.weight)] = linear_dims(module)[1]
-    return out
-
-
-def memory_estimate(model: nn.Module, quantized: dict[int, int], *, precision: str, optimizer: str,
-                    full: bool) -> MemoryEstimate:
-    """Training memory of a (wrapped or plain) model built on any device (see the module docstring)."""
-    if precision == "int8" and full:
-        return MemoryEstimate(precision, optimizer, None, None, None,
-                              note="full fine-tuning cannot train 8-bit weights")
-    b_train = 2 if precision == "bf16" and full else 4
-    frozen_bytes = trainable = 0
-    for param in model.parameters():
-        n = param.numel()
-        if param.requires_grad:
-            trainable += n
-        elif precision == "fp32":
-            frozen_bytes += 4 * n
-        elif precision == "bf16":
-            frozen_bytes += 2 * n
-        elif id(param) in quantized:
-            frozen_bytes += n + 4 * quantized[id(param)]
-        else:
-            frozen_bytes += 4 * n
-    states = 2 * trainable if optimizer == "adamw8bit" else 2 * trainable * b_train
-    return MemoryEstimate(precision, optimizer, frozen_bytes + trainable * b_train, trainable * b_train, states)
-
-
-def _wrap_and_measure(config: Any, task: str, name: str, options: dict[str, Any], device: str,
-                      precisions: Sequence[str], optimizer: str) -> tuple[int, int, list[MemoryEstimate]]:
-    from petl.core.params import count_parameters
+def _wrap(config: Any, task: str, name: str, options: dict[str, Any], device: str) -> tuple[nn.Module, dict[int, int]]:
+    """The model wrapped with strategy ``name`` (plain for ``"full"``) and its quantizable weights."""
     from petl.core.wrapping import wrap
 
     model = _build(config, task, device)
-    quantized = _quantized_weights(model)
+    quantized = quantized_weights(model)
     if name != "full":
-        if device == "meta":
-            with torch.device("meta"):  # the adapter's own tensors take no memory either
-                wrap(model, name, **options)
-        else:
+        with torch.device(device):  # on the meta device the adapter's own tensors take no memory either
             wrap(model, name, **options)
+    return model, quantized
+
+
+def _count(row: StrategyEstimate, model: nn.Module, quantized: dict[int, int], precisions: Sequence[str],
+           optimizer: str) -> None:
+    from petl.core.params import count_parameters
+
     count = count_parameters(model)
-    memory = [memory_estimate(model, quantized, precision=p, optimizer=optimizer, full=name == "full")
-              for p in precisions]
-    return count.trainable, count.total, memory
+    row.trainable, row.total = count.trainable, count.total
+    row.memory = [memory_estimate(model, quantized, precision=p, optimizer=optimizer, full=row.strategy == "full")
+                  for p in precisions]
 
 
-def _materialised(config: Any, task: str, label: str, name: str, options: dict[str, Any],
-                  precisions: Sequence[str], optimizer: str, description: str) -> tuple[int, int, list[MemoryEstimate]]:
-    """:func:`_wrap_and_measure` on a real CPU copy; a failure that is not a :class:`PetlError` gets context."""
+def _materialised(config: Any, task: str, row: StrategyEstimate, description: str) -> tuple[nn.Module, dict[int, int]]:
+    """:func:`_wrap` on a real CPU copy; a failure that is not a :class:`PetlError` gets context."""
     try:
-        return _wrap_and_measure(config, task, name, options, "cpu", precisions, optimizer)
+        return _wrap(config, task, row.strategy, row.options, "cpu")
     except PetlError:
         raise
     except Exception as exc:
         raise PetlError(
-            f"Counting {label!r} ({name}) on a real copy of {description} failed: {type(exc).__name__}: "
+            f"Counting {row.label!r} ({row.strategy}) on a real copy of {description} failed: {type(exc).__name__}: "
             f"{_one_line(exc)}. "
             "Check the strategy's options against this model, or leave this strategy out."
         ) from exc
+
+
+def _add_activations(row: StrategyEstimate, model: nn.Module, quantized: dict[int, int], task: str,
+                     shape: BatchShape) -> None:
+    """Trace one training step per dtype (fp32 serves int8 and int4 too) and add activations and peaks."""
+    from petl.bench.activations import peak_bytes, trace_step
+
+    traces: dict[bool, Any] = {}
+    memory = []
+    for m in row.memory:
+        if m.note is not None:
+            memory.append(m)
+            continue
+        bf16 = m.precision == "bf16"
+        if bf16 not in traces:
+            try:
+                traces[bf16] = trace_step(model, task, batch_size=shape.batch_size, seq_len=shape.seq_len,
+                                          full=row.strategy == "full", bf16=bf16,
+                                          gradient_checkpointing=shape.gradient_checkpointing)
+            except PetlError:
+                raise
+            except Exception as exc:  # the model or strategy reads tensor values, which fake tensors lack
+                traces[bf16] = f"activations not traced: {type(exc).__name__}: {_one_line(exc)[:300]}"
+                logger.warning("%s %s: %s", row.label, m.precision, traces[bf16])
+        trace = traces[bf16]
+        if isinstance(trace, str):
+            memory.append(replace(m, activation_note=trace))
+            continue
+        assert m.weights_bytes is not None and m.optimizer_bytes is not None  # no note: every part is known
+        extra = dequantized_bytes(model, quantized, m.precision)  # a temporary of both passes
+        peak = peak_bytes(trace, m.weights_bytes, m.optimizer_bytes, extra)
+        memory.append(replace(m, activation_bytes=trace.activation_bytes + extra, peak_bytes=peak))
+    row.memory = memory
+
+
+def _batch_shape(config: Any, batch_size: int | None, seq_len: int | None,
+                 gradient_checkpointing: bool) -> BatchShape | None:
+    """The batch to trace activations for (``None``: none asked for), checked against the model's positions.
+
+    Raises:
+        ConfigError: ``seq_len`` exceeds the positions the model has.
+    """
+    if batch_size is None and seq_len is None and not gradient_checkpointing:
+        return None
+    shape = BatchShape(batch_size or DEFAULT_BATCH_SIZE, seq_len or DEFAULT_SEQ_LEN, gradient_checkpointing)
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(positions, int) and shape.seq_len > positions:
+        raise ConfigError(f"seq_len={shape.seq_len} is longer than the {positions} positions this model has "
+                          f"(max_position_embeddings). Pass a seq_len (--seq-len) of {positions} or less.")
+    return shape
 
 
 def estimate(
@@ -293,6 +313,9 @@ def estimate(
     num_labels: int = 2,
     precisions: Sequence[str] = PRECISIONS,
     optimizer: str = "adamw",
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    gradient_checkpointing: bool = False,
     materialize_limit: int = MATERIALIZE_LIMIT,
 ) -> EstimateReport:
     """Count parameters and estimate training memory of each strategy on ``source``.
@@ -305,20 +328,31 @@ def estimate(
         num_labels: Classes of a classification head.
         precisions: Base precisions to estimate (of :data:`PRECISIONS`).
         optimizer: ``"adamw"`` or ``"adamw8bit"``.
+        batch_size: Sequences per training batch. Given this, ``seq_len`` or
+            ``gradient_checkpointing``, activations are traced and the total is the step's
+            peak; the one not given takes :data:`DEFAULT_BATCH_SIZE` / :data:`DEFAULT_SEQ_LEN`.
+        seq_len: Tokens per sequence (at most the model's positions).
+        gradient_checkpointing: Trace with gradient checkpointing on, as the trainer enables it.
         materialize_limit: Build the model for real (on the CPU) when a strategy cannot
             wrap it on the meta device and it has at most this many parameters.
 
     Raises:
-        ConfigError: An option (``num_labels``, a precision, a strategy's option) is invalid;
-            raised before any model is built.
+        ConfigError: An option (``num_labels``, a precision, the batch shape, a strategy's
+            option) is invalid; raised before any model is built (``seq_len`` against the
+            model's positions, and checkpointing against a model without it, once its
+            config is read).
         PetlError: The model config cannot be read or builds no model, or a strategy fails on
             the real model too. A strategy that only cannot be counted (it needs real tensors
-            and the model is larger than ``materialize_limit``) gets a row ``error`` instead.
+            and the model is larger than ``materialize_limit``) gets a row ``error`` instead,
+            and one whose step cannot be traced an ``activation_note`` per precision.
     """
     from petl.core import registry
 
     check_positive_int("num_labels", num_labels)
     check_non_negative_int("materialize_limit", materialize_limit)
+    check_positive_int("batch_size", batch_size, allow_none=True)
+    check_positive_int("seq_len", seq_len, allow_none=True)
+    check_bool("gradient_checkpointing", gradient_checkpointing)
     for precision in precisions:
         if precision not in PRECISIONS:
             raise ConfigError(f"Unknown precision {precision!r}.{suggest(precision, PRECISIONS)} "
@@ -333,7 +367,8 @@ def estimate(
             config.num_labels = num_labels
         except Exception as exc:  # the config's own label fields (id2label) disagree with it
             raise PetlError(f"Cannot set num_labels={num_labels} on the config of {description}: {exc}") from exc
-    size = _check_buildable(config, task, description)
+    shape = _batch_shape(config, batch_size, seq_len, gradient_checkpointing)
+    size = _check_buildable(config, task, description, gradient_checkpointing)
     if strategies is None:
         strategies = [("full", "full", {})] + [(n, n, {}) for n in registry.available()]
     rows = []
@@ -341,59 +376,20 @@ def estimate(
         if name != "full":
             registry.get(name).config_class.from_dict(options)  # bad names/options fail before any work
         row = StrategyEstimate(label=label, strategy=name, options=dict(options))
+        rows.append(row)
         try:
-            row.trainable, row.total, row.memory = _wrap_and_measure(
-                config, task, name, options, "meta", precisions, optimizer)
+            model, quantized = _wrap(config, task, name, options, "meta")
             row.method = "meta"
         except Exception as exc:  # a strategy that needs real tensors fails in its own way on meta ones
             if size > materialize_limit:
                 row.error = (f"cannot be counted on the meta device ({exc}); the model has {size:,} parameters, "
                              f"more than the {materialize_limit:,} petl builds for real to count")
                 logger.warning("%s: %s", label, row.error)
-            else:
-                logger.info("%s needs real tensors to wrap (%s); counting on a materialised copy.", label, exc)
-                row.trainable, row.total, row.memory = _materialised(
-                    config, task, label, name, options, precisions, optimizer, description)
-                row.method = "materialised"
-        rows.append(row)
-    return EstimateReport(model=description, task=task, config_class=type(config).__name__, rows=rows)
-
-
-def _size(value: int | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
-
-
-def format_estimate(report: EstimateReport) -> str:
-    """The text table ``petl estimate`` prints."""
-    header = ["strategy", "trainable", "total", "share %", "precision", "weights", "gradients", "optimizer",
-              "total mem"]
-    lines = [header]
-    for row in report.rows:
-        if row.error:
-            lines.append([row.label, "-", "-", "-", "-", "-", "-", "-", "error"])
-            continue
-        share = "-" if row.share is None else f"{100 * row.share:.4f}"
-        for i, m in enumerate(row.memory):
-            first = i == 0
-            lines.append([
-                row.label if first else "", f"{row.trainable:,}" if first else "", f"{row.total:,}" if first else "",
-                share if first else "", m.precision, _size(m.weights_bytes), _size(m.gradient_bytes),
-                _size(m.optimizer_bytes), _size(m.total_bytes) if m.note is None else "n/a",
-            ])
-    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
-    text = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-            for r in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    optimizer = report.rows[0].memory[0].optimizer if report.rows and report.rows[0].memory else "adamw"
-    text.append("")
-    text.append(f"{report.model} ({report.config_class}, task {report.task}); optimizer {optimizer}; "
-                "memory = weights + gradients + optimizer states, activations not included.")
-    for row in report.rows:
-        if row.error:
-            text.append(f"{row.label}: {row.error}")
-        for m in row.memory:
-            if m.note:
-                text.append(f"{row.label} {m.precision}: n/a, {m.note}")
-    return "\n".join(text)
+                continue
+            logger.info("%s needs real tensors to wrap (%s); counting on a materialised copy.", label, exc)
+            model, quantized = _materialised(config, task, row, description)
+            row.method = "materialised"
+        _count(row, model, quantized, precisions, optimizer)
+        if shape is not None:
+            _add_activations(row, model, quantized, task, shape)
+    return EstimateReport(model=description, task=task, config_class=type(config).__name__, rows=rows, shape=shape)

@@ -6,6 +6,10 @@ config.json, a benchmark config (.toml/.json), or a Hub name (online).
 
     petl estimate llama-7b --strategy lora --set r=8 --strategy prefix --precision bf16
     petl estimate benchmarks/sst2_minilm.toml
+    petl estimate smollm2 --strategy lora --batch-size 8 --seq-len 256 --gradient-checkpointing
+
+With --batch-size / --seq-len (or --gradient-checkpointing) the activations of one
+training step are traced on fake tensors, and the total is the step's peak.
 """
 
 from __future__ import annotations
@@ -47,9 +51,15 @@ def add_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--task", choices=TASKS,
                    help="the model's head (default: from the config)")
     e.add_argument("--num-labels", type=int, default=2, help="classes of a classification head, 1 or more (2)")
-    e.add_argument("--precision", action="append", metavar="{fp32,bf16,int8}",
-                   help="base precision(s) to estimate (repeatable; default: all three)")
+    e.add_argument("--precision", action="append", metavar="{fp32,bf16,int8,int4}",
+                   help="base precision(s) to estimate (repeatable; default: all four)")
     e.add_argument("--optimizer", default="adamw", metavar="{adamw,adamw8bit}")
+    e.add_argument("--batch-size", type=int, metavar="N",
+                   help="sequences per training batch: trace the activations (default with --seq-len: 8)")
+    e.add_argument("--seq-len", type=int, metavar="N",
+                   help="tokens per sequence for the activations (default with --batch-size: 128)")
+    e.add_argument("--gradient-checkpointing", action="store_true",
+                   help="trace the activations with gradient checkpointing, as `petl train` enables it")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_threads_argument(e)
 
@@ -102,9 +112,14 @@ def run(args: argparse.Namespace) -> int:
     from petl.bench.estimate import PRECISIONS, estimate, format_estimate
 
     check_positive_int("--num-labels", args.num_labels)  # before a benchmark config is read or a model built
+    for flag, value in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len)):
+        if value is not None:
+            check_positive_int(flag, value)
     source, config_rows, config_task = _estimate_source(args.model)
     rows = strategies_from_items(args.items) or config_rows
     report = estimate(source, rows, task=args.task or config_task, num_labels=args.num_labels,
-                      precisions=tuple(args.precision or PRECISIONS), optimizer=args.optimizer)
+                      precisions=tuple(args.precision or PRECISIONS), optimizer=args.optimizer,
+                      batch_size=args.batch_size, seq_len=args.seq_len,
+                      gradient_checkpointing=args.gradient_checkpointing)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_estimate(report))
     return 1 if any(row.error for row in report.rows) else 0

@@ -74,6 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--mixed-precision", default="no", help="no, fp16 or bf16")
     t.add_argument("--optimizer", default="adamw", help="adamw or adamw8bit")
     t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=None,
+                   help="batches of similar length, less padding (default: for sequence classification only)")
+    t.add_argument("--packing", action="store_true",
+                   help="causal LM: pack each batch's examples end to end into rows, attention kept apart")
     t.add_argument("--seed", type=int, default=0,
                    help="seeds every generator before loading: the fresh head, the adapter, data order, dropout")
     t.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: after each epoch)")
@@ -98,6 +102,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         max_grad_norm=args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None,
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
         optimizer=args.optimizer, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed,
+        group_by_length=args.group_by_length, packing=args.packing,
         eval_steps=args.eval_steps, save_steps=args.save_steps, metric_for_best=args.metric_for_best,
         early_stopping_patience=args.early_stopping_patience, load_best_at_end=not args.no_load_best_at_end,
         resume=args.resume, logging_steps=args.logging_steps, log_with=args.log_with,

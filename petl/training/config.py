@@ -77,6 +77,23 @@ class TrainConfig:
     of the optimizer memory)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
+    group_by_length: bool | None = None
+    """Draw each optimizer step's examples from examples of similar length (megabatches of up to 50
+    steps, sorted by length: :mod:`petl.training.sampling`), so short examples are not padded to
+    the longest of a random batch. The order still depends only on ``seed`` and the epoch, so a
+    resume is exact; every epoch still visits every example once. ``None`` groups where the
+    objective stays the same: sequence classification, whose loss weighs every example of a step
+    alike; the token-level tasks (token classification, causal LM, seq2seq) average their loss
+    over a batch's tokens, so grouping would give the tokens of short examples more weight, and
+    they are grouped only with ``True``. ``False`` draws uniformly random batches, the order of
+    earlier releases. Applies to map-style data with ``input_ids``: not to a stream (no lengths),
+    nor with ``packing`` (which removes the padding itself)."""
+    packing: bool = False
+    """Causal LM only: pack the examples of each batch end to end into rows as long as its longest
+    example, positions restarting and attention kept within each example
+    (:mod:`petl.data.packing`), so a batch carries almost no padding. The same examples, labelled
+    tokens and loss as the padded batch, up to float rounding; a model that cannot keep packed
+    examples apart (OPT, for one) is refused before training starts."""
     seed: int = 0
     """Seeds Python, NumPy and torch when the run starts, and fixes the data order of every
     epoch: the dropout masks, the shuffling and every other draw of the training itself
@@ -135,6 +152,9 @@ class TrainConfig:
         check_non_negative_int("seed", self.seed)
         check(isinstance(self.metric_for_best, str) and self.metric_for_best != "",
               f"metric_for_best must be a metric name such as 'eval_loss' or 'accuracy', got {self.metric_for_best!r}.")
+        check(self.group_by_length is None or isinstance(self.group_by_length, bool),
+              f"group_by_length must be True, False or None (by task), got {self.group_by_length!r}.")
+        check_bool("packing", self.packing)
         for name in ("gradient_checkpointing", "load_best_at_end", "resume", "merged_eval", "progress_bar"):
             check_bool(name, getattr(self, name))
         check(self.greater_is_better is None or isinstance(self.greater_is_better, bool),

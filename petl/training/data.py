@@ -3,7 +3,9 @@ the order in which an epoch visits the training set, and a last check of the lab
 
 The order of epoch ``e`` is a permutation drawn from a generator seeded with the run's
 seed and ``e`` only, so a resumed run regenerates it and skips the batches already
-seen: no sampler state needs saving.
+seen: no sampler state needs saving. With ``TrainConfig.group_by_length`` the batches are
+drawn from examples of similar length, from the same generator
+(:class:`~petl.training.sampling.LengthGroupedOrder`).
 
 A streamed training set (an iterable-style dataset, see :func:`is_stream`) has no
 length and no sampler: the loop reads it in passes, starting pass ``p`` with
@@ -84,6 +86,10 @@ class EpochOrder(Sampler[int]):
     batches already seen are skipped.
     """
 
+    grouping: str | None = None
+    """How batches are formed, as a checkpoint's fingerprint records it: ``None`` for uniformly
+    random batches (what checkpoints without the record used); see :mod:`petl.training.sampling`."""
+
     def __init__(self, size: int, seed: int) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
 
@@ -91,9 +97,12 @@ class EpochOrder(Sampler[int]):
         """Use the order of ``epoch`` (not ``set_epoch``: Accelerate calls that with its own count)."""
         self.epoch = epoch
 
+    def epoch_generator(self) -> torch.Generator:
+        """A fresh generator of the current epoch, seeded with the seed and the epoch only."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        return iter(torch.randperm(self.size, generator=self.epoch_generator()).tolist())
 
     def __len__(self) -> int:
         return self.size

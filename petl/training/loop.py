@@ -122,6 +122,8 @@ class TrainLoop:
             "num_processes": self.acc.num_processes,
             "total_steps": run.total_steps,
             "train_examples": run.sampler.size if run.sampler is not None else None,  # None: a stream
+            "data_order": getattr(run.sampler, "grouping", None),  # None: random (also older checkpoints)
+            "packing": self.config.packing or None,
             "learning_rate": run.learning_rate,
         }
 
@@ -384,6 +386,8 @@ class TrainLoop:
 
 
 def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
+    if "position_ids" in batch:  # a packed batch (petl.data.packing): one position 0 per example
+        return int((batch["position_ids"] == 0).sum())
     return int(next(iter(batch.values())).shape[0])
 
 

@@ -44,6 +44,7 @@ from petl.training.launch import (
     single_process_launch,
     warn_about_launch,
 )
+from petl.training.sampling import check_packing, eval_order, training_collator, training_order
 from petl.training.step import build_optimizer
 
 __all__ = ["CONFIG_NAME", "Run", "check_output_dir", "prepare_run"]
@@ -290,6 +291,8 @@ def prepare_run(
             "TrainConfig(max_steps=N) (--max-steps N), the number of optimizer steps to take. A stream that ends "
             "sooner is read again from its start."
         )
+    if config.packing:
+        check_packing(model, data.task)  # a forward pass on tiny inputs; the model's modes are put back
     evaluator, known_metrics = _evaluation(data, evaluator)
     snapshot = ModelSnapshot(model)
     flags = {"checkpointing": False, "input_grads": False}
@@ -352,17 +355,17 @@ def _build_run(
     check_labels = None  # the number of classes the head can output
     if data.task in CLASSIFICATION_TASKS:
         check_labels = getattr(getattr(model, "config", None), "num_labels", None) or data.num_labels
-    sampler = None if stream else EpochOrder(len(data.train), config.seed)
+    sampler = training_order(data.train, config, accelerator.num_processes, data.task)  # None: a stream
     # Own generators: creating a loader iterator must not draw from the global RNG (dropout uses it).
     train_loader = DataLoader(
         data.train, sampler=sampler, batch_size=config.batch_size,
-        collate_fn=CheckedCollator(data.collator, check_labels, "training"),
+        collate_fn=CheckedCollator(training_collator(data, config), check_labels, "training"),
         generator=torch.Generator().manual_seed(config.seed),
     )
     eval_loader = None
     if data.eval is not None and len(data.eval) > 0:
         eval_loader = DataLoader(
-            data.eval, batch_size=config.eval_batch_size or 2 * config.batch_size, shuffle=False,
+            data.eval, batch_size=config.eval_batch_size or 2 * config.batch_size, sampler=eval_order(data.eval),
             collate_fn=CheckedCollator(data.collator, check_labels, "evaluation"),
             generator=torch.Generator().manual_seed(config.seed),
         )

@@ -142,3 +142,16 @@ def test_real_minilm_matches_its_estimate() -> None:
     petl.wrap(model, "lora", r=8)
     count = petl.count_parameters(model)
     assert (report.rows[0].trainable, report.rows[0].total) == (count.trainable, count.total)
+
+
+def test_int4_takes_half_a_byte_per_weight_and_a_scale_per_block() -> None:
+    with torch.device("meta"):
+        wrapped = petl.wrap(tm.build("llama", "causal-lm"), "lora", r=2)
+    q_proj = wrapped.model.layers[0].self_attn.q_proj.base_layer.weight
+    frozen = sum(p.numel() for p in wrapped.parameters() if not p.requires_grad)
+    trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    int4 = memory_estimate(wrapped, {id(q_proj): q_proj.shape[0]}, precision="int4", optimizer="adamw", full=False)
+    n = q_proj.numel()
+    assert int4.weights_bytes == n // 2 + 4 * -(-n // 64) + 4 * (frozen - n) + 4 * trainable
+    assert memory_estimate(wrapped, {}, precision="int4", optimizer="adamw", full=True).note == (
+        "full fine-tuning cannot train 4-bit weights")
