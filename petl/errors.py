@@ -112,5 +112,23 @@ def suggest(name: str, choices: Iterable[str]) -> str:
         name: What the user typed.
         choices: The valid names.
     """
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    close = difflib.get_close_matches(name, list(choices), n=5, cutoff=0.6)
+    if not close:
+        return ""
+    # Among the close names (best similarity first), the fewest edits wins: 'lroa' is one swap
+    # from 'lora' and two edits from 'road', which difflib alone rates higher.
+    best = min(close, key=lambda choice: _edits(name.lower(), choice.lower()))
+    return f" Did you mean {best!r}?"
+
+
+def _edits(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of neighbours that turn ``a`` into ``b``."""
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]

@@ -23,19 +23,38 @@ import petl
 from petl.core.io import adapter_tensors
 from petl.core.wrapping import is_wrapped, state_of
 from petl.errors import AlreadyWrappedError, NotMergeableError, UnsupportedModelError
+from petl.strategies.peft_tuners import TUNERS
 from petl.training.config import TrainConfig
 from petl.training.step import StepRunner
 
-STRATEGIES = petl.available()
-CASES = [pytest.param(s, a, h, id=f"{s}-{a}-{h}") for s in STRATEGIES for a, h in T.CASES]
+BRIDGED = tuple(TUNERS)
+"""The peft tuners petl registers through its bridge (``petl.strategies.peft_tuners``)."""
+BRIDGED_ARCHS = ("bert", "llama", "gpt2", "bart")
+"""The bridged tuners run on these only (an encoder, two decoders, GPT-2's Conv1D among them, and an
+encoder-decoder with a non-linear classification head) to keep the suite's time: over every
+architecture they would add about five minutes on 2 cores. LoRA, which shares their code path, runs
+on every architecture."""
 
-BUILTINS = ("adalora", "bottleneck", "lora", "prefix")
+
+def _cases(strategy: str) -> list[tuple[str, str]]:
+    return [(a, h) for a, h in T.CASES if strategy not in BRIDGED or a in BRIDGED_ARCHS]
+
+
+STRATEGIES = petl.available()
+CASES = [pytest.param(s, a, h, id=f"{s}-{a}-{h}") for s in STRATEGIES for a, h in _cases(s)]
+BUILTINS = ("adalora", "bottleneck", "lora", "prefix", *BRIDGED)
 """The strategies petl ships: their support of each architecture is declared below."""
+
+TINY_OPTIONS = T.STRATEGY_OPTIONS
+"""Options the conformance cases pass to ``petl.wrap`` for the tiny models (defaults otherwise)."""
+IDENTITY_ATOL: dict[str, float] = {"hra": 1e-5}
+"""Wider than 1e-6 where the method's identity at init is exact only up to rounding (HRA's reflections)."""
 
 EXPECTED_UNSUPPORTED: dict[tuple[str, str], str] = {
     # (strategy, architecture of tiny_models.ARCH_HEADS): why it may raise UnsupportedModelError.
-    # Empty: every built-in wraps every architecture and head of tiny_models.CASES (checked by
-    # wrapping all of them; none raises UnsupportedModelError).
+    # lora, adalora, prefix, bottleneck, ia3, vera, fourierft and randlora wrap every architecture.
+    **{(name, "gpt2"): f"peft 0.21 has no {name} layer for GPT-2's Conv1D (only nn.Linear and convolutions)"
+       for name in ("boft", "c3a", "delora", "hra", "lily", "loha", "lokr", "miss", "oft", "road", "shira")},
 }
 """Built-in (strategy, architecture) pairs that may refuse; every other built-in pair must wrap."""
 
@@ -49,7 +68,7 @@ def _wrap_or_unsupported(model: torch.nn.Module, strategy: str) -> UnsupportedMo
     before = _snapshot(model)
     classes = [type(m) for m in model.modules()]
     try:
-        petl.wrap(model, strategy)
+        petl.wrap(model, strategy, **TINY_OPTIONS.get(strategy, {}))
     except UnsupportedModelError as exc:
         assert str(exc), "an UnsupportedModelError must explain itself"
         assert not is_wrapped(model)
@@ -111,7 +130,8 @@ def test_lifecycle(strategy: str, arch: str, head: str, tmp_path) -> None:
     cls = type(state_of(model).strategy)
 
     if getattr(cls, "identity_at_init", True):
-        torch.testing.assert_close(T.logits(model, batch), base_logits, atol=1e-6, rtol=0)
+        atol = IDENTITY_ATOL.get(strategy, 1e-6)
+        torch.testing.assert_close(T.logits(model, batch), base_logits, atol=atol, rtol=0)
     with pytest.raises(AlreadyWrappedError):
         petl.wrap(model, strategy)
 
@@ -124,7 +144,10 @@ def test_lifecycle(strategy: str, arch: str, head: str, tmp_path) -> None:
 
     saved = adapter_tensors(model)
     count = petl.count_parameters(model)
-    assert count.trainable == sum(t.numel() for t in saved.values()), "what trains must be what is saved"
+    if getattr(cls, "saves_frozen", False):  # fixed random bases or masks are saved too
+        assert 0 < count.trainable <= sum(t.numel() for t in saved.values()), "what trains must be saved"
+    else:
+        assert count.trainable == sum(t.numel() for t in saved.values()), "what trains must be what is saved"
     assert count.total >= sum(p.numel() for p in base_params.values())
 
     _train_steps(model, batch)
@@ -174,7 +197,7 @@ def test_merge(strategy: str, arch: str, head: str) -> None:
 def _refusals(strategy: str) -> dict[tuple[str, str], str]:
     """Wrap a fresh model of every case; the (arch, head) cases ``strategy`` refused, with its messages."""
     refused = {}
-    for arch, head in T.CASES:
+    for arch, head in _cases(strategy):
         refusal = _wrap_or_unsupported(T.build(arch, head), strategy)
         if refusal is not None:
             refused[arch, head] = str(refusal)
@@ -185,7 +208,7 @@ def _refusals(strategy: str) -> dict[tuple[str, str], str]:
 def test_every_strategy_supports_some_model(strategy: str) -> None:
     # Without this, a plugin refusing every model would pass the whole table above.
     refused = _refusals(strategy)
-    assert len(refused) < len(T.CASES), f"{strategy!r} refuses every tiny model: {refused}"
+    assert len(refused) < len(_cases(strategy)), f"{strategy!r} refuses every tiny model: {refused}"
     if strategy in BUILTINS:
         declared = {arch for s, arch in EXPECTED_UNSUPPORTED if s == strategy}
         undeclared = {case: why for case, why in refused.items() if case[0] not in declared}
@@ -235,7 +258,7 @@ def test_a_plugin_may_refuse_some_models_but_not_all(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(petl, "wrap", refuse_bert)
     assert not _wrap_as_declared(T.build("bert", "seq-cls"), "some-plugin", "bert")
-    assert set(_refusals("some-plugin")) == {("bert", "seq-cls"), ("bert", "token-cls")}
+    assert set(_refusals("some-plugin")) == {("bert", head) for head in T.ARCH_HEADS["bert"]}
     monkeypatch.setattr(petl, "wrap", _refuse)
     with pytest.raises(AssertionError, match="refuses every tiny model"):
         test_every_strategy_supports_some_model("some-plugin")

@@ -39,6 +39,13 @@ def _configs() -> dict[str, Callable[[], Any]]:
             hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=64, pad_token_id=0, **_COMMON
         ),
+        # Gemma 3 (text): sliding-window and global layers, q/k norms, a scaled embedding, tied
+        # embeddings; the family of the demo model "gemma3" (Gemma 3 270M).
+        "gemma3_text": lambda: tf.Gemma3TextConfig(
+            hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+            intermediate_size=64, pad_token_id=0, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+            **_COMMON
+        ),
         "qwen2": lambda: tf.Qwen2Config(
             hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=64, pad_token_id=0, **_COMMON
@@ -72,14 +79,16 @@ HEADS: dict[str, str] = {
     "token-cls": "AutoModelForTokenClassification",
     "causal-lm": "AutoModelForCausalLM",
     "seq2seq-lm": "AutoModelForSeq2SeqLM",
+    "qa": "AutoModelForQuestionAnswering",  # a span head: start and end logits per token (qa_outputs)
 }
 
 ARCH_HEADS: dict[str, tuple[str, ...]] = {
-    "bert": ("seq-cls", "token-cls"),
-    "roberta": ("seq-cls", "token-cls"),
-    "distilbert": ("seq-cls", "token-cls"),
+    "bert": ("seq-cls", "token-cls", "qa"),
+    "roberta": ("seq-cls", "token-cls", "qa"),
+    "distilbert": ("seq-cls", "token-cls", "qa"),
     "gpt2": ("causal-lm", "seq-cls"),
     "llama": ("causal-lm", "seq-cls"),
+    "gemma3_text": ("causal-lm", "seq-cls"),
     "qwen2": ("causal-lm", "token-cls"),
     "mistral": ("causal-lm",),
     "opt": ("causal-lm", "seq-cls"),
@@ -92,6 +101,22 @@ CASES: list[tuple[str, str]] = [(arch, head) for arch, heads in ARCH_HEADS.items
 ENCODER_DECODER = ("t5", "bart")
 
 
+STRATEGY_OPTIONS: dict[str, dict[str, Any]] = {
+    # peft defaults sized for hidden sizes in the hundreds, which a 32-wide tiny model cannot take.
+    "miss": {"r": 8},  # r <= in_features
+    "shira": {"r": 2},  # fewer sparse entries than the base layer has weights
+    "c3a": {"block_size": 8},  # a factor of every adapted layer's in and out sizes
+    "road": {"group_size": 8},  # divides every adapted layer's out size
+    "fourierft": {"n_frequency": 64},  # <= d_in * d_out of the smallest layer (32 x 16)
+}
+"""Options the tests pass to ``petl.wrap`` for a strategy on the tiny models (its defaults otherwise)."""
+
+
+def strategy_options(strategy: str, **extra: Any) -> dict[str, Any]:
+    """The options for ``strategy`` on a tiny model, with ``extra`` on top."""
+    return {**STRATEGY_OPTIONS.get(strategy, {}), **extra}
+
+
 def config(arch: str) -> Any:
     cfg = _configs()[arch]()
     cfg.num_labels = NUM_LABELS
@@ -102,7 +127,10 @@ def build(arch: str, head: str, seed: int = 0) -> nn.Module:
     """A freshly initialised tiny model, in eval mode, the same for the same seed."""
     torch.manual_seed(seed)
     auto = getattr(tf, HEADS[head])
-    model = auto.from_config(config(arch), attn_implementation="eager")
+    cfg = config(arch)
+    if head == "qa":
+        cfg.num_labels = 2  # qa_outputs: one start and one end logit per token
+    model = auto.from_config(cfg, attn_implementation="eager")
     return model.eval()
 
 
@@ -123,6 +151,9 @@ def inputs(arch: str, head: str, batch: int = 2, length: int = 6, seed: int = 1)
         out["labels"] = ids.masked_fill(mask == 0, -100)
     elif head == "seq2seq-lm":
         out["labels"] = torch.randint(3, VOCAB, (batch, 4), generator=g)
+    elif head == "qa":  # the answer's first and last token (within the unpadded part)
+        start = torch.randint(0, length - 2, (batch,), generator=g)
+        out["start_positions"], out["end_positions"] = start, start + 1
     return out
 
 
@@ -132,7 +163,10 @@ def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if "labels" in batch and batch["labels"].dim() == 2 and "decoder_input_ids" not in feed and _is_seq2seq(model):
         feed["labels"] = batch["labels"]
     with torch.no_grad():
-        return model(**feed).logits
+        output = model(**feed)
+    if getattr(output, "start_logits", None) is not None:  # a span head: (batch, length, 2)
+        return torch.stack((output.start_logits, output.end_logits), dim=-1)
+    return output.logits
 
 
 def _is_seq2seq(model: nn.Module) -> bool:

@@ -5,8 +5,9 @@ Each targeted projection's output is rescaled by a learned vector, ``h = l * (W 
 with ``l`` starting at ones, so the wrapped model first computes what the base model did.
 The rescaling is a row scaling of ``W`` and ``b``, so it merges exactly.
 
-The package registers the strategy through the ``petl.strategies`` entry point in its
-pyproject.toml; after ``pip install`` it shows up in ``petl.available()``.
+The package registers the strategy as ``ia3_hooks`` through the ``petl.strategies`` entry
+point in its pyproject.toml; after ``pip install`` it shows up in ``petl.available()``. (petl's
+built-in ``ia3`` is peft's; a plugin must pick a name no other strategy holds.)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ SCALE = "petl_ia3"
 
 @dataclass(frozen=True, kw_only=True)
 class IA3Config(petl.StrategyConfig):
-    """Options of the ``ia3`` strategy."""
+    """Options of the ``ia3_hooks`` strategy."""
 
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     """Leaf names of the projections whose outputs are rescaled."""

@@ -45,7 +45,7 @@ from torch import nn
 from petl.bench.memory import PRECISIONS, MemoryEstimate, dequantized_bytes, memory_estimate, quantized_weights
 from petl.bench.table import format_estimate
 from petl.core.validators import check_bool, check_non_negative_int, check_positive_int
-from petl.errors import ConfigError, PetlError, suggest
+from petl.errors import ConfigError, PetlError, UnsupportedModelError, suggest
 from petl.modeling.loading import task_of_config
 from petl.tasks import CLASSIFICATION_TASKS, auto_class_name, check_task
 from petl.training.config import OPTIMIZERS
@@ -367,6 +367,8 @@ def estimate(
             config.num_labels = num_labels
         except Exception as exc:  # the config's own label fields (id2label) disagree with it
             raise PetlError(f"Cannot set num_labels={num_labels} on the config of {description}: {exc}") from exc
+    if task == "question-answering":
+        config.num_labels = 2  # the span head's start and end logits, as loading sets them
     shape = _batch_shape(config, batch_size, seq_len, gradient_checkpointing)
     size = _check_buildable(config, task, description, gradient_checkpointing)
     if strategies is None:
@@ -387,7 +389,12 @@ def estimate(
                 logger.warning("%s: %s", label, row.error)
                 continue
             logger.info("%s needs real tensors to wrap (%s); counting on a materialised copy.", label, exc)
-            model, quantized = _materialised(config, task, row, description)
+            try:
+                model, quantized = _materialised(config, task, row, description)
+            except UnsupportedModelError as unsupported:  # the strategy cannot take this model: say so in its row
+                row.error = str(unsupported)
+                logger.warning("%s: %s", label, row.error)
+                continue
             row.method = "materialised"
         _count(row, model, quantized, precisions, optimizer)
         if shape is not None:

@@ -27,12 +27,13 @@ from types import ModuleType
 from typing import Any
 
 from petl.cli import bench, estimate, train
+from petl.cli import list as list_command
 from petl.cli.common import parse_set
 from petl.errors import PetlError
 
 __all__ = ["SUBCOMMANDS", "add_subcommand", "build_parser", "main", "parse_set"]
 
-SUBCOMMANDS: tuple[ModuleType, ...] = (train, bench, estimate)
+SUBCOMMANDS: tuple[ModuleType, ...] = (train, bench, estimate, list_command)
 """The subcommand modules, in the order ``petl --help`` lists them."""
 
 

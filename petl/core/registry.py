@@ -5,7 +5,7 @@ Built-in strategies register themselves with :func:`register` when
 ``petl.strategies`` entry-point group, for example in their ``pyproject.toml``::
 
     [project.entry-points."petl.strategies"]
-    ia3 = "my_package.ia3:IA3Strategy"
+    my_method = "my_package.my_method:MyStrategy"
 
 Entry points are read lazily, the first time a name is looked up or listed, so
 importing petl stays cheap and a broken plugin cannot break ``import petl``.

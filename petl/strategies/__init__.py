@@ -1,3 +1,4 @@
 """Built-in strategies: one module each. Importing a module registers it."""
 
-from petl.strategies import adalora, bottleneck, lora, prefix  # noqa: F401
+# peft_tuners: every other peft tuner, generated from peft's registry.
+from petl.strategies import adalora, bottleneck, lora, peft_tuners, prefix  # noqa: F401

@@ -21,47 +21,25 @@ folder written by peft's ``save_pretrained`` (:meth:`LoraStrategy.config_from_pe
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import peft
-import torch
 from peft.tuners.lora import layer as peft_lora
-from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
 from petl.core import validators as v
 from petl.core.config import StrategyConfig
 from petl.core.registry import register
-from petl.core.strategy import StrategyBase
-from petl.errors import CheckpointError, PetlError, TargetNotFoundError
-from petl.modeling.layers import linear_layer_names
-from petl.strategies.peft_merge import merged_peft_layers
-from petl.tasks import PEFT_TASK_TYPES, task_of_model
+from petl.errors import ConfigError, PetlError, suggest
+from petl.strategies import peft_adapters
+from petl.strategies.peft_bridge import ADAPTER_NAME, PEFT_PREFIX, PeftTunerStrategy, same
+from petl.strategies.peft_bridge import strip_peft as _strip_peft
 
-__all__ = ["LoraConfig", "LoraStrategy"]
+__all__ = ["ADAPTER_NAME", "PEFT_PREFIX", "LoraConfig", "LoraStrategy"]
 
-ADAPTER_NAME = "default"
-PEFT_PREFIX = "base_model.model."
-
-# Attention query/value projection names, tried in order for families peft has no default for.
-FALLBACK_TARGETS: tuple[tuple[str, ...], ...] = (
-    ("q_proj", "v_proj"),
-    ("query", "value"),
-    ("q_lin", "v_lin"),
-    ("q", "v"),
-    ("query_key_value",),
-    ("c_attn",),
-)
-
-PEFT_METADATA = frozenset({"peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path",
-                           "revision", "inference_mode", "runtime_config"})
-"""``adapter_config.json`` fields that describe the file or how peft runs, not what the adapter computes."""
 PEFT_NO_EFFECT = frozenset({"fan_in_fan_out", "qalora_group_size", "megatron_core", "loftq_config", "eva_config",
                             "corda_config", "lora_ga_config"})
 """Fields that change nothing once the adapter's tensors are loaded: ``fan_in_fan_out`` peft corrects
@@ -69,9 +47,20 @@ per layer kind (as petl derives it), the others configure features petl refuses 
 PLAIN_INITS: tuple[bool | str, ...] = (True, False, "gaussian", "eva", "orthogonal")
 """``init_lora_weights`` values that only initialise the adapter's own tensors, which loading
 overwrites. The others (``pissa``, ``olora``, ``corda``, ``loftq``, ...) change the base weights."""
-PEFT_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
-                   "QUESTION_ANS": ("qa_outputs",)}
-"""Heads peft's ``PeftModelFor...`` class of a ``task_type`` adds to ``modules_to_save`` when it loads."""
+INITS = {"default": True, "random": False, "gaussian": "gaussian", "orthogonal": "orthogonal", "pissa": "pissa"}
+"""petl's ``init`` -> peft's ``init_lora_weights`` (and ``"pissa_niter_<n>"`` as it is)."""
+BASE_CHANGING_INITS = ("pissa",)
+"""Inits that swap new tensors in for the adapted base weights W0 as W0 - (alpha / r) B0 A0: deterministic given W0,
+so loading runs them again on the base model and the saved A, B then reproduce the trained model."""
+UNMET_INITS = {
+    "eva": "it needs activations from a data pass (peft.tuners.lora.initialize_lora_eva_weights)",
+    "corda": "it needs covariance statistics from a data pass (peft.tuners.lora.corda.preprocess_corda)",
+    "loftq": "it quantizes the base weights and needs a loftq_config",
+    "olora": "it rewrites the base weights in place, which petl.unwrap could not undo without a copy of them",
+    "lora_ga": "it needs gradients from a data pass (peft's preprocess_loraga)",
+    "mica": "it needs peft's MiCA preprocessing",
+}
+"""peft inits whose requirements ``petl.wrap`` cannot meet, with the reason."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +81,20 @@ class LoraConfig(StrategyConfig):
     """Which biases to train: ``"none"``, ``"all"`` or ``"lora_only"``."""
     use_rslora: bool = False
     """Rank-stabilised scaling ``alpha / sqrt(r)`` (Kalajdzievski 2023), better for large ranks."""
+    use_dora: bool = False
+    """DoRA (Liu et al. 2024): ``W = m * (W0 + s B A) / ||W0 + s B A||``, a trained magnitude ``m`` per output
+    (starting at ``||W0||``, so still the identity at init); closer to full fine-tuning, slower steps."""
+    init: str = "default"
+    """How ``A`` and ``B`` start: ``"default"`` (``B = 0``), ``"gaussian"``, ``"orthogonal"``, ``"random"``
+    (both random: not the identity, for debugging), ``"pissa"`` / ``"pissa_niter_<n>"`` (the top ``r``
+    singular vectors of ``W0``, Meng et al. 2024), which moves that part out of ``W0`` (``petl.unwrap`` puts
+    the original weights back). ``eva``, ``corda``, ``loftq`` and ``olora`` are refused (see ``UNMET_INITS``)."""
+    rank_pattern: dict[str, int] | None = None
+    """Other ranks for some layers: module name (or regular expression) -> rank, e.g. ``{"v_proj": 16}``."""
+    alpha_pattern: dict[str, float] | None = None
+    """Other ``alpha`` for some layers, keyed like ``rank_pattern``."""
+    layers_to_transform: tuple[int, ...] | None = None
+    """Adapt only these layer indices (of the model's block list); ``None`` adapts every layer."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,6 +104,20 @@ class LoraConfig(StrategyConfig):
         v.check_number("dropout", self.dropout, low=0, high=1)
         v.check_choice("bias", self.bias, ("none", "all", "lora_only"))
         v.check_bool("use_rslora", self.use_rslora)
+        v.check_bool("use_dora", self.use_dora)
+        _check_init(self.init)
+        for name, value in (("rank_pattern", self.rank_pattern), ("alpha_pattern", self.alpha_pattern)):
+            if value is not None:
+                v.check(isinstance(value, Mapping) and all(isinstance(k, str) and k for k in value),
+                        f"{name} must map module names to numbers, got {value!r}.")
+                for key, number in value.items():
+                    if name == "rank_pattern":
+                        v.check_positive_int(f"{name}[{key!r}]", number)
+                    else:
+                        v.check_number(f"{name}[{key!r}]", number, low=0, low_open=True)
+                v.set_field(self, name, dict(value) or None)  # peft writes {} for none
+        if self.layers_to_transform is not None:
+            v.set_field(self, "layers_to_transform", v.int_tuple("layers_to_transform", self.layers_to_transform))
         if self.target_modules is not None and not isinstance(self.target_modules, str):
             v.set_field(self, "target_modules", v.str_tuple("target_modules", self.target_modules))
         if isinstance(self.target_modules, tuple):
@@ -108,20 +125,21 @@ class LoraConfig(StrategyConfig):
 
 
 @register("lora")
-class LoraStrategy(StrategyBase):
-    """LoRA through peft's ``LoraModel``, injected in place."""
+class LoraStrategy(PeftTunerStrategy):
+    """LoRA: low-rank updates B A of chosen linear layers (Hu et al. 2021), on peft; DoRA and PiSSA as options.
+
+    peft's ``LoraModel`` layers are injected in place."""
 
     config_class: ClassVar[type[StrategyConfig]] = LoraConfig
-    handles_heads: ClassVar[bool] = True
+    search_space: ClassVar[dict[str, tuple[int, ...]]] = {"r": (4, 8, 16)}  # petl bench --search: choices
     tuner_class: ClassVar[type] = peft.LoraModel
     peft_type: ClassVar[str | None] = "LORA"
     peft_config_class: ClassVar[type] = peft.LoraConfig
     peft_options: ClassVar[dict[str, str]] = {
         "r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "bias": "bias", "use_rslora": "use_rslora",
     }
-    """peft's name -> petl's name of the options carried over one to one from ``adapter_config.json``."""
     peft_read: ClassVar[frozenset[str]] = frozenset({"target_modules", "modules_to_save", "init_lora_weights"})
-    """Further ``adapter_config.json`` fields :meth:`config_from_peft` reads (or checks) itself."""
+    peft_no_effect: ClassVar[frozenset[str]] = PEFT_NO_EFFECT
     mergeable_layers: ClassVar[tuple[type, ...]] = (
         peft_lora.Linear, peft_lora.Embedding, peft_lora.Conv1d, peft_lora.Conv2d, peft_lora.Conv3d,
     )
@@ -133,28 +151,22 @@ class LoraStrategy(StrategyBase):
     def __init__(self, config: LoraConfig) -> None:
         super().__init__(config)
         self.tuner: Any = None
+        self._join: Any = None
+        """The peft tuner of the LoRA adapters already on the model, which this one joins (``check_stack``)."""
 
-    def _targets(self, model: nn.Module) -> list[str] | str | None:
-        """The configured targets, or a default for families peft has none for."""
-        target = self.config.target_modules
-        if target is not None:
-            return list(target) if isinstance(target, tuple) else target
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        if model_type in self.tuner_class.target_module_mapping:
-            return None  # peft's own per-architecture default
-        leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        for names in FALLBACK_TARGETS:
-            if leaves.issuperset(names):
-                return list(names)
-        raise TargetNotFoundError(
-            f"There is no default target_modules for model type {model_type!r} ({type(model).__name__}). "
-            f"Linear layers it has: {linear_layer_names(model)}. Pass target_modules=[...] with some of "
-            'these names (usually the attention query and value projections), or target_modules="all-linear".'
-        )
+    @property
+    def peft_name(self) -> str:
+        """peft's name of this adapter in the layers it shares: petl's adapter name."""
+        return self.adapter_name
 
     def _peft_options(self, model: nn.Module) -> dict[str, Any]:
         """The peft config options LoRA and AdaLoRA share."""
         c = self.config
+        if type(self).peft_config is not LoraStrategy.peft_config:  # AdaLoRA builds its own peft config
+            changed = [name for name in LORA_ONLY if getattr(c, name) != LoraConfig.__dataclass_fields__[name].default]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)} are options of the 'lora' strategy only; the "
+                                  f"{c.strategy!r} strategy does not support them. Leave them at their defaults.")
         return {
             "lora_alpha": c.alpha,
             "lora_dropout": c.dropout,
@@ -167,11 +179,32 @@ class LoraStrategy(StrategyBase):
         }
 
     def peft_config(self, model: nn.Module) -> peft.PeftConfig:
-        """The equivalent peft config for ``model``."""
-        return peft.LoraConfig(r=self.config.r, use_rslora=self.config.use_rslora, **self._peft_options(model))
+        """The equivalent peft config for ``model``.
+
+        With ``init="pissa"`` it also keeps the adapted layers' base tensors as they
+        are, since peft's init swaps new ones in (``weight.data = W0 - s B0 A0``): :meth:`remove`
+        and a failed :meth:`inject` put them back.
+        """
+        c = self.config
+        config = peft.LoraConfig(
+            r=c.r, use_rslora=c.use_rslora, use_dora=c.use_dora, init_lora_weights=INITS.get(c.init, c.init),
+            rank_pattern=dict(c.rank_pattern or {}), alpha_pattern=dict(c.alpha_pattern or {}),
+            layers_to_transform=list(c.layers_to_transform) if c.layers_to_transform is not None else None,
+            **self._peft_options(model),
+        )
+        # References, not copies: peft swaps new tensors in, so only the replaced ones stay alive twice.
+        self._kept = [(p, p.data) for p in model.parameters()] if c.init.startswith(BASE_CHANGING_INITS) else []
+        return config
+
+    def _put_back_base(self) -> None:
+        """Give the base tensors peft's PiSSA init replaced their original values (the same tensors)."""
+        for param, data in getattr(self, "_kept", ()):
+            if param.data.data_ptr() != data.data_ptr():
+                param.data = data
+        self._kept = []
 
     def inject(self, model: nn.Module) -> None:
-        if hasattr(model, "peft_config"):
+        if hasattr(model, "peft_config") and (self._join is None or model.peft_config is not self._join.peft_config):
             raise PetlError(
                 f"This {type(model).__name__} already carries peft adapters (it has a `peft_config`). "
                 "Pass the plain base model, or call merge_and_unload() on the peft model first."
@@ -179,9 +212,15 @@ class LoraStrategy(StrategyBase):
         config = self.peft_config(model)
         existing = {id(module) for module in model.modules()}
         try:
-            self.tuner = self.tuner_class(model, config, ADAPTER_NAME)
+            if self._join is None:
+                self.tuner = self.tuner_class(model, config, self.peft_name)
+            else:
+                peft_adapters.join_tuner(self._join, model, self.peft_name, config)
+                self.tuner = self._join
         except BaseException as exc:
-            _strip_peft(model)
+            if self._join is None:
+                _strip_peft(model)
+            self._put_back_base()
             if isinstance(exc, ValueError):
                 raise self._target_error(model, exc) from exc
             raise
@@ -190,86 +229,55 @@ class LoraStrategy(StrategyBase):
             if id(module) not in existing:
                 module.training = model.training
 
-    def _target_error(self, model: nn.Module, exc: ValueError) -> PetlError:
-        """peft's ``ValueError`` for targets it cannot use, in the user's terms."""
-        targets = self.config.target_modules
-        hint = (f"Linear layers it has: {linear_layer_names(model)}. Pass some of these names, "
-                'or target_modules="all-linear".')
-        text = str(exc)
-        if "not found in the base model" in text or "target_modules" in text:
-            return TargetNotFoundError(
-                f"target_modules={targets!r} matches no module of this {type(model).__name__}. {hint}"
-            )
-        if "is not supported" in text:  # e.g. a LayerNorm or a whole attention block named as a target
-            kind = text.removeprefix("Target module ").split("(", 1)[0].strip() or "module"
-            return TargetNotFoundError(
-                f"target_modules={targets!r} names a {kind}, which {self.config.strategy} cannot adapt: it "
-                f"adapts linear layers (and embeddings and convolutions). {hint}"
-            )
-        return PetlError(
-            f"peft could not add {self.config.strategy} to this {type(model).__name__} with "
-            f"target_modules={targets!r}: {exc}. {hint}"
-        )
+    @classmethod
+    def peft_option_map(cls) -> dict[str, str]:
+        if cls.peft_config is not LoraStrategy.peft_config:  # AdaLoRA: its own peft config, no variants
+            return super().peft_option_map()
+        return {**cls.peft_options, **{name: name for name in LORA_ONLY if name != "init"}}
 
-    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        state = peft.get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
-        return {PEFT_PREFIX + key: value for key, value in state.items()}
-
-    def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-        stripped = {key.removeprefix(PEFT_PREFIX): value for key, value in state_dict.items()}
-        result = peft.set_peft_model_state_dict(model, stripped, adapter_name=ADAPTER_NAME)
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise PetlError(f"peft did not recognise these adapter tensors: {unexpected[:5]}")
-
-    def adapter_config(self, model: nn.Module) -> dict[str, Any]:
-        """peft's ``adapter_config.json`` content for this adapter.
-
-        ``task_type`` names the model's head in peft's terms (``None`` for a head petl does not
-        know), so that ``peft.AutoPeftModelFor...`` loads the folder with the matching class.
-        """
-        config = self.tuner.peft_config[ADAPTER_NAME].to_dict()
-        config["base_model_name_or_path"] = getattr(getattr(model, "config", None), "name_or_path", None)
-        config["task_type"] = PEFT_TASK_TYPES.get(task_of_model(model) or "")
-        return config
+    @classmethod
+    def peft_refusals(cls, adapter_config: dict[str, Any]) -> list[str]:
+        init = adapter_config.get("init_lora_weights", True)
+        if any(same(init, plain) for plain in PLAIN_INITS) or (isinstance(init, str) and _init_error(init) is None):
+            return []
+        return [f"init_lora_weights={init!r} ({_init_error(init) if isinstance(init, str) else 'unknown'})"]
 
     @classmethod
     def config_from_peft(cls, adapter_config: dict[str, Any], model: nn.Module) -> StrategyConfig:
-        """The config of an adapter peft saved, refusing every peft option petl cannot honour.
+        """The config of an adapter peft saved; see :meth:`PeftTunerStrategy.config_from_peft`.
 
-        ``modules_to_save`` is resolved against ``model`` as peft does (by name suffix, names
-        matching nothing ignored, plus the heads peft's task class adds) into full module names.
+        ``init_lora_weights`` is carried over where it decides the base weights (PiSSA: loading
+        runs the init again on the base model); the other inits only start tensors that loading overwrites.
         """
-        defaults = _peft_defaults(cls.peft_config_class)
-        read = set(cls.peft_options) | cls.peft_read | PEFT_METADATA | PEFT_NO_EFFECT
-        refused = []
-        for key, value in sorted(adapter_config.items()):
-            if key in read:
-                continue
-            if key in defaults:
-                if not _same(value, defaults[key]):
-                    refused.append(f"{key}={value!r} (peft's default: {defaults[key]!r})")
-            elif not _is_unset(value):
-                refused.append(f"{key}={value!r} (an option peft {peft.__version__} does not know)")
+        config = super().config_from_peft(adapter_config, model)
         init = adapter_config.get("init_lora_weights", True)
-        if not any(_same(init, plain) for plain in PLAIN_INITS):
-            refused.append(f"init_lora_weights={init!r} (it changes the base model's weights when peft loads it)")
-        if refused:
-            raise CheckpointError(
-                f"adapter_config.json sets {', '.join(refused)}, which petl's {cls.config_class.strategy!r} strategy "
-                "cannot reproduce, so the loaded model would compute something else. Load the folder with "
-                "peft.PeftModel.from_pretrained instead, or train the adapter without these options."
-            )
-        options = {ours: adapter_config.get(theirs, defaults.get(theirs)) for theirs, ours in cls.peft_options.items()}
-        options["target_modules"] = _peft_targets(adapter_config.get("target_modules"))
-        options["modules_to_save"] = _peft_heads(adapter_config, model)
-        return cls.config_class.from_dict(options)
+        if isinstance(init, str) and init.startswith(BASE_CHANGING_INITS):
+            config = type(config).from_dict({**config.to_dict(), "init": init})
+        return config
 
-    def extra_files(self, model: nn.Module) -> dict[str, str]:
-        text = json.dumps(self.adapter_config(model), indent=2, sort_keys=True, default=_json_default)
-        return {"adapter_config.json": text + "\n"}
+    def check_stack(self, model: nn.Module, others: Sequence[Any]) -> None:
+        """Join other adapters of this tuner class (peft stacks them per layer); refuse another peft tuner's."""
+        peers = [other for other in others if isinstance(other, LoraStrategy)]
+        foreign = [other for other in peers if type(other).tuner_class is not self.tuner_class]
+        if foreign:
+            raise PetlError(
+                f"peft cannot stack a {self.config.strategy!r} adapter with the {foreign[0].config.strategy!r} "
+                f"adapter {foreign[0].adapter_name!r} on one model: their layers ({self.tuner_class.__name__}, "
+                f"{type(foreign[0]).tuner_class.__name__}) do not share. Delete it first (petl.delete_adapter)."
+            )
+        if self.config.bias != "none" and any(peer.config.bias != "none" for peer in peers):
+            raise PetlError(f"peft trains biases for one adapter per model, and {peers[0].adapter_name!r} already "
+                            "does. Pass bias='none' for this adapter.")
+        self._join = peers[0].tuner if peers else None
+
+    def set_active(self, model: nn.Module, active: bool, trainable: bool) -> None:
+        peft_adapters.set_active(model, self.peft_name, active, trainable)
 
     def remove(self, model: nn.Module) -> nn.Module:
+        self._put_back_base()
+        if self.tuner is not None and any(name != self.peft_name for name in self.tuner.peft_config):
+            peft_adapters.remove_adapter(self.tuner, model, self.peft_name)  # other LoRA adapters share its layers
+            return model
         # peft's unload keeps the *trained* copy of modules_to_save; unwrap must give back the original.
         for name, module in list(model.named_modules()):
             if isinstance(module, ModulesToSaveWrapper):
@@ -277,79 +285,27 @@ class LoraStrategy(StrategyBase):
                 setattr(model.get_submodule(parent_name), child, module.original_module)
         return self.tuner.unload()
 
-    def merge(self, model: nn.Module) -> nn.Module:
-        return self.tuner.merge_and_unload()
 
-    @contextmanager
-    def merged_for_inference(self, model: nn.Module) -> Iterator[bool]:
-        """Fold ``B A`` into each adapted weight for the block; afterwards the model is back bit for bit.
-
-        Costs one extra copy of every adapted layer's base weight (and bias) on its device for the
-        block's length. Yields ``False`` and changes nothing when a layer cannot be restored by copying
-        (quantized or tied weights, disabled adapters; see :mod:`petl.strategies.peft_merge`).
-
-        Raises:
-            PetlError: ``model`` is in training mode with gradients enabled.
-        """
-        with merged_peft_layers(model, self.mergeable_layers, self.config.strategy) as merged:
-            yield merged
+LORA_ONLY = ("use_dora", "init", "rank_pattern", "alpha_pattern", "layers_to_transform")
+"""LoRA options that strategies built on LoRA with their own peft config (AdaLoRA) do not take."""
 
 
-def _peft_defaults(config_class: type) -> dict[str, Any]:
-    defaults = {}
-    for field in dataclasses.fields(config_class):
-        if field.default is not dataclasses.MISSING:
-            defaults[field.name] = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            defaults[field.name] = field.default_factory()
-    return defaults
+def _init_error(init: str) -> str | None:
+    """Why petl cannot use peft's ``init_lora_weights=init``, or ``None``."""
+    if init in INITS or init in INITS.values():
+        return None
+    if init.startswith("pissa_niter_"):
+        niter = init.removeprefix("pissa_niter_")
+        return None if niter.isdigit() else f"the number of iterations {niter!r} is not an integer >= 0"
+    if init in UNMET_INITS:
+        return f"{UNMET_INITS[init]}, which petl.wrap cannot do"
+    return "not an initialisation peft knows"
 
 
-def _same(value: Any, default: Any) -> bool:
-    # 1 == True in Python; an option set to 1 where peft's default is True is not the default.
-    return type(value) is type(default) and value == default
-
-
-def _is_unset(value: Any) -> bool:
-    return value is None or value is False or (isinstance(value, (str, list, dict)) and not value)
-
-
-def _peft_targets(value: Any) -> tuple[str, ...] | str | None:
-    """peft's ``target_modules``: a regular expression, or names (a set in memory, so order is not kept)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(name, str) for name in value):
-        return tuple(sorted(set(value)))
-    raise CheckpointError(f"adapter_config.json has target_modules={value!r}, not a list of names or a string.")
-
-
-def _peft_heads(adapter_config: dict[str, Any], model: nn.Module) -> tuple[str, ...]:
-    """The full names of the modules peft would train in full on ``model``: a module matches a
-    name when its own name ends with it (peft's rule), and names matching nothing are ignored."""
-    requested = adapter_config.get("modules_to_save") or []
-    if not isinstance(requested, list) or not all(isinstance(name, str) and name for name in requested):
-        raise CheckpointError(f"adapter_config.json has modules_to_save={requested!r}, not a list of module names.")
-    wanted = [*requested, *PEFT_TASK_HEADS.get(adapter_config.get("task_type") or "", ())]
-    found: list[str] = []
-    peft_parts: list[str] = []  # inside an adapter layer or a trained copy: peft's modules, not the model's
-    for name, module in model.named_modules():
-        if any(name.startswith(part + ".") for part in peft_parts):
-            continue
-        if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
-            peft_parts.append(name)
-        if name and any(name.endswith(target) for target in wanted):
-            found.append(name)
-    return tuple(name for name in found if not any(name.startswith(other + ".") for other in found))
-
-
-def _strip_peft(model: nn.Module) -> None:
-    if "peft_config" in vars(model):
-        del model.peft_config
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (set, frozenset, tuple)):
-        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
-    if hasattr(value, "value"):  # enums such as PeftType and TaskType
-        return value.value
-    raise TypeError(f"Cannot serialise {type(value).__name__} to JSON")
+def _check_init(init: Any) -> None:
+    v.check(isinstance(init, str), f"init must be a string such as 'default' or 'pissa', got {init!r}.")
+    error = _init_error(init)
+    if error is not None:
+        choices = [*INITS, "pissa_niter_<n>"]
+        hint = suggest(init, choices) if init not in UNMET_INITS else " Use peft directly for this init."
+        raise ConfigError(f"init={init!r} cannot be used: {error}.{hint} Choices: {', '.join(choices)}.")

@@ -1,8 +1,8 @@
 """peft adapters folded into the base weights for the length of a block, then taken out bit for bit.
 
-LoRA and AdaLoRA implement :meth:`petl.core.strategy.Strategy.merged_for_inference` with
-:func:`merged_peft_layers`. On entry every adapted layer goes through peft's own ``merge``
-(in place, ``safe_merge=False``)::
+Every peft-based strategy (:mod:`petl.strategies.peft_bridge`) implements
+:meth:`petl.core.strategy.Strategy.merged_for_inference` with :func:`merged_peft_layers`. On entry
+every adapted layer goes through peft's own ``merge`` (in place, ``safe_merge=False``)::
 
     W <- W0 + delta,    delta = (alpha / r) B A              (LoRA)
                         delta = scaling / r_k * P (Lambda Q)  (AdaLoRA, SVDLinear)
@@ -61,7 +61,8 @@ class _Record:
 
 def _to_merge(layer: BaseTunerLayer) -> list[str]:
     """The layer's active adapters that its forward would run (present and not merged yet)."""
-    adapters = getattr(layer, "lora_A", {})
+    names = getattr(layer, "adapter_layer_names", ()) or ("lora_A",)  # LoRA: lora_A, IA3: ia3_l, ...
+    adapters = getattr(layer, names[0], {})
     return [name for name in layer.active_adapters if name in adapters and name not in layer.merged_adapters]
 
 

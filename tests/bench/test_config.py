@@ -80,8 +80,8 @@ def test_unknown_keys_name_the_nearest_valid_key(tmp_path: Path, text: str, matc
 
 
 def test_unknown_strategy_names_suggest_the_nearest_including_full(tmp_path: Path) -> None:
-    with pytest.raises(UnknownStrategyError, match=r"'lroa'.*Did you mean 'lora'\?.*Available: full, "):
-        load_config(_write(tmp_path, MINIMAL.replace('name = "lora"', 'name = "lroa"')))
+    with pytest.raises(UnknownStrategyError, match=r"'lorra'.*Did you mean 'lora'\?.*Available: full, "):
+        load_config(_write(tmp_path, MINIMAL.replace('name = "lora"', 'name = "lorra"')))
     with pytest.raises(UnknownStrategyError, match=r"Did you mean 'full'\?"):
         StrategySpec(name="ful")
 
@@ -157,6 +157,11 @@ def test_select_quick_and_seeds() -> None:
     assert [r.display for r in picked.strategies] == ["full", "lora"]  # the config's order
     with pytest.raises(ConfigError, match=r"'lroa'.*Did you mean 'lora'\?"):
         config.select(["lroa"])
+    # Names that are no row: registered strategies and full fine-tuning join at their defaults.
+    lora_only = config.select(["lora"])
+    added = lora_only.select(["full", "lora", "loha"])
+    assert [(r.name, r.options, r.learning_rate) for r in added.strategies] == [
+        ("lora", {"r": 8}, 2e-3), ("full", {}, None), ("loha", {}, None)]
     quick = config.quick()
     assert quick.train.max_steps == 4 and quick.data.train_examples == 64 and quick.data.eval_examples == 32
     assert quick.timing.steps == 3 and quick.seeds == config.seeds[:1]

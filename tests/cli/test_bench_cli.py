@@ -120,3 +120,28 @@ def test_bench_command_runs_and_writes_files(
     assert printed.splitlines()[0].split()[:3] == ["strategy", "trainable", "share"]
     assert f"Results in {out}/" in printed
     assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json", "results.md"]
+
+
+def test_bench_records_strategies_bridged_from_peft(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--strategies` may name any registered strategy, not only the config's rows: each gets a row
+    # with its defaults and is measured and saved like LoRA.
+    monkeypatch.setattr(runner, "_spawn", lambda job, work, name, device: json.loads(json.dumps(worker.run_job(job))))
+    path = tmp_path / "tiny.toml"
+    path.write_text(f'name = "tiny"\ndevice = "cpu"\n[model]\nname = "{tiny_model_dir}"\n'
+                    '[data]\ntrain_examples = 16\neval_examples = 8\nmax_length = 24\n'
+                    '[train]\nmax_steps = 1\nbatch_size = 4\n[timing]\nwarmup_steps = 1\nsteps = 1\nbatches = 1\n'
+                    '[[strategies]]\nname = "lora"\noptions = { r = 2 }\n', encoding="utf-8")
+    out = tmp_path / "run"
+    args = _parser().parse_args(["bench", str(path), "--output", str(out), "--no-progress", "--no-plots",
+                                 "--strategies", "full,lora,loha,ia3,vera"])
+    assert bench_cli.run(args) == 0
+    rows = {row["label"]: row for row in json.loads((out / "results.json").read_text())["results"]}
+    assert set(rows) == {"full", "lora", "loha", "ia3", "vera"}
+    full = rows["full"]
+    for label in ("loha", "ia3", "vera"):
+        row = rows[label]
+        assert row.get("error") is None, row["error"]
+        assert 0 < row["trainable_params"] < full["trainable_params"]
+        assert row["adapter_bytes"] > 0 and row["step_time_ms"] > 0 and row["metric_values"]

@@ -11,7 +11,7 @@ import pytest
 
 import petl
 from petl.core import registry
-from petl.errors import ConfigError, DuplicateStrategyError, UnknownStrategyError
+from petl.errors import ConfigError, DuplicateStrategyError, UnknownStrategyError, suggest
 from petl.strategies.lora import LoraStrategy
 
 
@@ -23,11 +23,19 @@ def test_builtins_are_listed_sorted() -> None:
 
 def test_unknown_name_lists_available_and_suggests_nearest() -> None:
     with pytest.raises(UnknownStrategyError) as info:
-        registry.get("lroa")
+        registry.get("lorra")
     message = str(info.value)
-    assert "'lroa'" in message and "Did you mean 'lora'?" in message
+    assert "'lorra'" in message and "Did you mean 'lora'?" in message
     for name in petl.available():
         assert name in message
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("lroa", "lora"), ("raod", "road"), ("loar", "lora"), ("ai3", "ia3"),
+                                              ("prefx", "prefix"), ("bottlenek", "bottleneck")])
+def test_the_suggestion_is_the_fewest_edits_away(typed: str, meant: str) -> None:
+    # difflib alone rates 'road' nearer to 'lroa' than 'lora', one swap away
+    assert suggest(typed, petl.available()) == f" Did you mean {meant!r}?"
+    assert suggest("qwertyuiop", petl.available()) == ""
 
 
 def test_wrap_with_unknown_name_is_a_petl_error() -> None:

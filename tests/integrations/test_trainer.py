@@ -67,7 +67,8 @@ def _args(out: Path, **options: Any) -> tf.TrainingArguments:
 
 
 def _options(strategy: str) -> dict[str, Any]:
-    return {"adalora": {"init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 1, "deltaT": 1}}.get(strategy, {})
+    extra = {"adalora": {"init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 1, "deltaT": 1}}.get(strategy, {})
+    return tiny_models.strategy_options(strategy, **extra)
 
 
 def _wrapped(arch: str, head: str, strategy: str) -> torch.nn.Module:

@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 import peft
 import pytest
+import tiny_models
 import torch
 import transformers as tf
 
@@ -41,7 +42,8 @@ def _data(n: int = 16) -> datasets.Dataset:
 
 
 def _options(strategy: str) -> dict:
-    return {"adalora": {"init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 1}}.get(strategy, {})
+    extra = {"adalora": {"init_r": 4, "target_r": 2, "tinit": 1, "tfinal": 1}}.get(strategy, {})
+    return tiny_models.strategy_options(strategy, **extra)
 
 
 def _config(out: Path, **options: object) -> trl.SFTConfig:

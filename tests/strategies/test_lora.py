@@ -145,7 +145,8 @@ def _train_adalora(model: nn.Module, batch: dict, steps: int) -> None:
     strategy.on_train_begin(model, steps)
     model.train()
     for step in range(1, steps + 1):
-        loss = model(**batch).loss + strategy.regularization_loss(model)
+        penalty = strategy.regularization_loss(model)  # None: no orthogonality penalty (the default)
+        loss = model(**batch).loss + (0 if penalty is None else penalty)
         loss.backward()
         optimizer.step()
         strategy.on_step_end(model, step)
@@ -165,7 +166,8 @@ def test_adalora_reallocates_its_rank_budget() -> None:
 
 
 def test_adalora_regulariser_is_zero_for_orthonormal_factors() -> None:
-    model = petl.wrap(T.build("bert", "seq-cls"), "adalora", init_r=4, target_r=2, total_step=10)
+    model = petl.wrap(T.build("bert", "seq-cls"), "adalora", init_r=4, target_r=2, total_step=10,
+                      orth_reg_weight=0.5)  # the penalty is off by default
     strategy = state_of(model).strategy
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -226,7 +228,8 @@ def test_adalora_trains_step_for_step_like_peft() -> None:
     opt_theirs = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-2)
     for step in range(1, 9):
         task = ours(**batch).loss
-        (task + strategy.regularization_loss(ours)).backward()
+        penalty = strategy.regularization_loss(ours)
+        (task + (0 if penalty is None else penalty)).backward()
         opt_ours.step()
         strategy.on_step_end(ours, step)
         opt_ours.zero_grad()
@@ -238,3 +241,117 @@ def test_adalora_trains_step_for_step_like_peft() -> None:
         assert task.item() == pytest.approx(reference.item(), abs=1e-3), f"step {step}"
     ranks = strategy.effective_ranks(ours)
     assert sum(ranks.values()) == 2 * len(ranks)
+
+
+# -- LoRA's variants as options: DoRA, init (PiSSA, OLoRA, ...), rank/alpha patterns, layers_to_transform ----
+
+
+def _randomise_adapter(model: nn.Module, seed: int = 5) -> nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.05)
+    return model
+
+
+def test_dora_is_the_identity_at_init_and_saves_and_loads_exactly(tmp_path) -> None:
+    batch = T.inputs("llama", "causal-lm")
+    base = T.logits(T.build("llama", "causal-lm"), batch)
+    model = petl.wrap(T.build("llama", "causal-lm"), "lora", r=2, use_dora=True)
+    # DoRA's magnitude starts at ||W0|| per output: m * W0 / ||W0|| = W0, up to rounding.
+    torch.testing.assert_close(T.logits(model, batch), base, atol=1e-5, rtol=0)
+    magnitudes = [n for n, _ in model.named_parameters() if "lora_magnitude_vector" in n]
+    assert len(magnitudes) == 4  # q_proj and v_proj of 2 layers
+    _randomise_adapter(model)
+    trained = T.logits(model, batch)
+    petl.save(model, tmp_path)
+    assert torch.equal(T.logits(petl.load(T.build("llama", "causal-lm"), tmp_path), batch), trained)
+    assert torch.equal(T.logits(PeftModel.from_pretrained(T.build("llama", "causal-lm"), tmp_path), batch), trained)
+    with torch.no_grad(), state_of(model).strategy.merged_for_inference(model) as merged:
+        assert not merged  # a variant layer: runs unmerged (see peft_merge)
+    torch.testing.assert_close(T.logits(petl.merge(model), batch), trained, atol=1e-5, rtol=1e-5)
+
+
+def test_pissa_moves_the_principal_part_out_of_the_base_weight_and_round_trips(tmp_path) -> None:
+    batch = T.inputs("llama", "causal-lm")
+    reference = T.build("llama", "causal-lm")
+    w0 = reference.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    model = petl.wrap(T.build("llama", "causal-lm"), "lora", r=2, alpha=2, init="pissa")
+    layer = model.model.layers[0].self_attn.q_proj
+    # peft's PiSSA: A = sqrt(S_r) V_r^T, B = U_r sqrt(S_r), W_res = W0 - B A (scale alpha / r = 1).
+    u, s, vh = torch.linalg.svd(w0, full_matrices=False)
+    principal = u[:, :2] @ torch.diag(s[:2]) @ vh[:2]
+    torch.testing.assert_close(layer.base_layer.weight, w0 - principal, atol=1e-5, rtol=0)
+    torch.testing.assert_close(layer.lora_B["default"].weight @ layer.lora_A["default"].weight, principal,
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(T.logits(model, batch), T.logits(reference, batch), atol=1e-5, rtol=0)
+    _randomise_adapter(model)
+    trained = T.logits(model, batch)
+    petl.save(model, tmp_path)
+    assert torch.equal(T.logits(petl.load(T.build("llama", "causal-lm"), tmp_path), batch), trained)
+    peft_loaded = PeftModel.from_pretrained(T.build("llama", "causal-lm"), tmp_path)  # runs PiSSA again too
+    assert torch.equal(T.logits(peft_loaded, batch), trained)
+    base = petl.unwrap(model)
+    assert torch.equal(base.model.layers[0].self_attn.q_proj.weight, w0)
+    restored, original = base.state_dict(), reference.state_dict()
+    assert list(restored) == list(original) and all(torch.equal(restored[k], original[k]) for k in original)
+
+
+def test_olora_is_refused_as_it_rewrites_the_base_weights_in_place() -> None:
+    # peft's olora_init subtracts B0 A0 from W0 in place (weight.data -= ...): unwrap could not undo it.
+    with pytest.raises(ConfigError, match="init='olora' cannot be used: it rewrites the base weights in place"):
+        petl.wrap(T.build("bert", "seq-cls"), "lora", init="olora")
+
+
+def test_rank_and_alpha_patterns_give_the_layers_their_own_shapes_and_scales() -> None:
+    model = petl.wrap(T.build("bert", "seq-cls"), "lora", r=2, alpha=4, rank_pattern={"value": 6},
+                      alpha_pattern={"value": 3.0})
+    attention = model.bert.encoder.layer[1].attention.self
+    assert attention.query.lora_A["default"].weight.shape == (2, 32)
+    assert attention.value.lora_A["default"].weight.shape == (6, 32)
+    assert attention.value.lora_B["default"].weight.shape == (32, 6)
+    assert attention.query.scaling["default"] == 4 / 2 and attention.value.scaling["default"] == 3.0 / 6
+    assert petl.count_parameters(model).trainable == 2 * (2 * 64 + 6 * 64) + (32 * 3 + 3)
+
+
+def test_layers_to_transform_adapts_only_those_layers() -> None:
+    model = petl.wrap(T.build("llama", "causal-lm"), "lora", r=2, layers_to_transform=[1])
+    adapted = sorted(n for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A)
+    assert adapted == ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
+
+
+@pytest.mark.parametrize(("init", "match"), [
+    ("eva", "init='eva' cannot be used: it needs activations from a data pass"),
+    ("corda", "init='corda' cannot be used: it needs covariance statistics"),
+    ("loftq", "init='loftq' cannot be used: it quantizes the base weights"),
+    ("pisa", "not an initialisation peft knows.*Did you mean 'pissa'"),
+    ("pissa_niter_x", "not an integer"),
+])
+def test_inits_whose_requirements_are_not_met_are_refused(init: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        petl.LoraConfig(init=init)
+
+
+def test_pissa_niter_and_gaussian_are_accepted() -> None:
+    assert petl.LoraConfig(init="pissa_niter_4").init == "pissa_niter_4"
+    model = petl.wrap(T.build("bert", "seq-cls"), "lora", init="gaussian")
+    batch = T.inputs("bert", "seq-cls")
+    assert torch.equal(T.logits(model, batch), T.logits(petl.unwrap(model), batch))  # B = 0 still
+
+
+def test_variant_options_are_lora_only() -> None:
+    with pytest.raises(ConfigError, match="use_dora are options of the 'lora' strategy only"):
+        petl.wrap(T.build("bert", "seq-cls"), "adalora", use_dora=True)
+
+
+def test_a_peft_dora_folder_with_a_rank_pattern_loads_with_petl(tmp_path) -> None:
+    batch = T.inputs("bert", "seq-cls")
+    theirs = get_peft_model(T.build("bert", "seq-cls"), PeftLoraConfig(
+        r=2, use_dora=True, rank_pattern={"value": 4}, task_type="SEQ_CLS"))
+    _randomise_adapter(theirs).eval()
+    theirs.save_pretrained(tmp_path)
+    loaded = petl.load(T.build("bert", "seq-cls"), tmp_path)
+    config = state_of(loaded).strategy.config
+    assert config.use_dora and config.rank_pattern == {"value": 4}
+    assert torch.equal(T.logits(loaded, batch), T.logits(theirs, batch))
