@@ -43,6 +43,7 @@ _HOMES = {
     "TrainResult": "petl.training",
     "train": "petl.training",
     "attach": "petl.integrations.trainer",
+    **{name: "petl.core.adapters" for name in ("add_adapter", "adapters", "delete_adapter", "disabled", "set_active")},
     "available": "petl.core.registry",
     "register": "petl.core.registry",
     "load": "petl.core.io",
@@ -76,13 +77,18 @@ __all__ = [
     "StrategyConfig",
     "TrainConfig",
     "TrainResult",
+    "add_adapter",
+    "adapters",
     "attach",
     "available",
     "count_parameters",
+    "delete_adapter",
+    "disabled",
     "load",
     "merge",
     "register",
     "save",
+    "set_active",
     "train",
     "unwrap",
     "wrap",
@@ -105,6 +111,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
+    from petl.core.adapters import adapters, add_adapter, delete_adapter, disabled, set_active
     from petl.core.config import StrategyConfig
     from petl.core.io import load, save
     from petl.core.params import ParameterCount, count_parameters

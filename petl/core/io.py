@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from petl.core import peft_folders, registry
+from petl.core.adapters import adapters, load_adapter, part, set_active
 from petl.core.config import StrategyConfig
 from petl.core.distributed import gather_full, is_sharded, run_on_main_process
 from petl.core.validators import check_state_dict
@@ -56,16 +57,13 @@ _SIGNATURE_TYPES: dict[str, type] = {
 }
 
 
-def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every tensor ``petl.save`` writes: the adapter's and the trained heads'."""
-    state = state_of(model)
-    tensors = dict(state.strategy.adapter_state_dict(model))
-    if state.heads is not None:
-        tensors.update(state.heads.state_dict(model))
-    return tensors
+def adapter_tensors(model: nn.Module, adapter: str | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor ``petl.save`` writes: the adapter's (``adapter``: the one of that name) and its trained heads'."""
+    strategy, heads = part(model, adapter)
+    return {**strategy.adapter_state_dict(model), **heads}
 
 
-def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+def save(model: nn.Module, path: str | os.PathLike[str], *, adapter: str | None = None) -> Path:
     """Save the adapter of a wrapped model (not the base weights) to a folder.
 
     The folder is built complete beside ``path`` and then put in its place, so an
@@ -83,6 +81,7 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         model: A model wrapped with ``petl.wrap``.
         path: The folder: new, empty, or written by an earlier ``petl.save``, whose
             files it replaces (files that save did not write are kept).
+        adapter: The name of the adapter to save (see :mod:`petl.core.adapters`); ``None``: the only one.
 
     Returns:
         The folder's path.
@@ -93,21 +92,21 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
             holds files that ``petl.save`` did not write, or cannot be created or written;
             on the other ranks of a sharded save, when rank 0 failed to write.
     """
-    state = state_of(model)
+    state, strategy = state_of(model), part(model, adapter)[0]
     folder = Path(path)
-    tensors, sharded = _tensors_to_write(model)  # every rank, before anything that may raise on one rank only
-    extra = dict(state.strategy.extra_files(model))
+    tensors, sharded = _tensors_to_write(model, adapter)  # every rank, before anything that may raise on one rank only
+    extra = dict(strategy.extra_files(model))
     bad = [name for name in extra if name in (WEIGHTS_NAME, CONFIG_NAME) or Path(name).name != name]
     if bad:
         raise PetlError(
-            f"The {state.strategy.config.strategy!r} strategy asks petl.save to write the extra files {bad}; "
+            f"The {strategy.config.strategy!r} strategy asks petl.save to write the extra files {bad}; "
             f"extra files must be plain file names other than {WEIGHTS_NAME} and {CONFIG_NAME}. "
             "Fix the strategy's extra_files()."
         )
     description = {
         "format_version": FORMAT_VERSION,
-        "strategy": state.strategy.config.strategy,
-        "config": state.strategy.config.to_dict(),
+        "strategy": strategy.config.strategy,
+        "config": strategy.config.to_dict(),
         "model": state.signature,
         "files": sorted([WEIGHTS_NAME, CONFIG_NAME, *extra]),
     }
@@ -139,13 +138,13 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def _tensors_to_write(model: nn.Module) -> tuple[dict[str, torch.Tensor], bool]:
+def _tensors_to_write(model: nn.Module, adapter: str | None = None) -> tuple[dict[str, torch.Tensor], bool]:
     """The adapter's tensors as whole CPU copies, and whether gathering them took a collective (FSDP).
 
     The meta check reads the local tensors (a DTensor's shard is on the meta device when
     its whole is), so it raises on every rank alike before any rank enters a gather.
     """
-    tensors = adapter_tensors(model)
+    tensors = adapter_tensors(model, adapter)
     meta = sorted(key for key, tensor in tensors.items() if tensor.is_meta)
     if meta:
         raise PetlError(
@@ -315,14 +314,17 @@ def _strategy_config(description: dict[str, Any], folder: Path) -> Any:
         ) from exc
 
 
-def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+def load(model: nn.Module, path: str | os.PathLike[str], *, adapter: str | None = None,
+         trainable: bool | None = None) -> nn.Module:
     """Wrap ``model`` with the adapter saved at ``path`` and return it.
 
     The strategy and its options come from the folder, so they need not be repeated:
     from ``petl_config.json``, or, in a folder written by peft's ``save_pretrained``, from
     peft's ``adapter_config.json`` (see :mod:`petl.core.peft_folders`). Every field and
     tensor is checked, and on any error (including Ctrl-C) the model is left exactly as it
-    was (see :class:`petl.core.wrapping.Snapshot`).
+    was (see :class:`petl.core.wrapping.Snapshot`). With ``adapter``, it is added under that
+    name beside the model's adapters (:func:`petl.core.adapters.load_adapter`), frozen unless
+    ``trainable`` (``None``: trainable without ``adapter``, frozen with it).
 
     Raises:
         CheckpointError: The folder or a file in it is missing, truncated,
@@ -331,6 +333,8 @@ def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
             take the saved tensors.
         AlreadyWrappedError: The model already carries a petl strategy.
     """
+    if adapter is not None:
+        return load_adapter(model, path, adapter, trainable=bool(trainable))
     folder = Path(path)
     config, weights = _read_folder(model, folder)
     snapshot = Snapshot(model)
@@ -351,6 +355,8 @@ def load(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
             f"The adapter in {folder} could not be loaded into this {type(model).__name__}: {_describe(exc)}. "
             "The model was left as it was."
         ) from exc
+    if trainable is False:  # for inference: frozen
+        set_active(model, [info.name for info in adapters(model)], trainable=False)
     return model
 
 

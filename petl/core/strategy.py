@@ -22,7 +22,7 @@ forward pass costs what the base model's costs, and after which the model is bac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -160,8 +160,44 @@ class StrategyBase:
         """peft's saved tensors in the form :meth:`adapter_state_dict` gives them (unchanged by default)."""
         return tensors
 
+    adapter_name: str = "default"
+    """This adapter's name on its model: ``"default"`` for ``petl.wrap``, the name given to
+    ``petl.add_adapter`` (set on the instance before :meth:`inject`). peft-based strategies
+    use it as peft's adapter name, so that several of them share one model's layers."""
+
     def __init__(self, config: StrategyConfig) -> None:
         self.config = config
+
+    def check_stack(self, model: nn.Module, others: Sequence[Any]) -> None:
+        """Refuse to be added beside the adapters ``others`` already on ``model`` (see
+        :mod:`petl.core.adapters`); called before :meth:`inject`, it changes no model.
+
+        It may remember what it will share with them (LoRA joins their peft tuner). The
+        default allows one adapter of this class per model.
+
+        Raises:
+            PetlError: The adapters cannot stack; the message says why.
+        """
+        same = [other for other in others if type(other) is type(self)]
+        if same:
+            raise PetlError(
+                f"This model already carries a {self.config.strategy!r} adapter ({same[0].adapter_name!r}), and the "
+                f"{self.config.strategy!r} strategy holds one adapter per model. Delete that one first "
+                "(petl.delete_adapter), or use another strategy for the new adapter."
+            )
+
+    def set_active(self, model: nn.Module, active: bool, trainable: bool) -> None:
+        """Switch the adapter on or off in place: an inactive adapter changes no output.
+
+        Its parameters require grad when ``active and trainable``, and not otherwise.
+
+        Raises:
+            PetlError: The strategy cannot switch its adapter off (the default).
+        """
+        raise PetlError(
+            f"The {self.config.strategy!r} strategy cannot switch its adapter on and off, which several adapters "
+            "on one model and petl.disabled need. Keep a single adapter, or give the strategy a set_active method."
+        )
 
     def merge(self, model: nn.Module) -> nn.Module:
         raise NotMergeableError(
