@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from petl.bench.config import BenchConfig
-from petl.bench.schema import StrategySpec
+from petl.bench.schema import StrategySpec, row_quantization
 
 __all__ = ["build_row_model", "load_data", "load_tokenizer"]
 
@@ -64,7 +64,7 @@ def load_data(config: BenchConfig, tokenizer: Any) -> Any:
         if data.eval_examples is not None and len(held_out) > data.eval_examples:
             held_out = held_out.select(range(data.eval_examples))
     return load_task_data(
-        config.task, train, held_out, tokenizer=tokenizer, max_length=data.max_length,
+        config.task, train, held_out, tokenizer=tokenizer, max_length=data.max_length, doc_stride=data.doc_stride,
         text_column=data.text_column, label_column=data.label_column, target_column=data.target_column,
     )
 
@@ -88,7 +88,7 @@ def build_row_model(config: BenchConfig, row: StrategySpec, data: Any, tokenizer
     try:
         model = load_model(
             config.model.name, config.task, num_labels=data.num_labels, label_names=data.label_names,
-            load_in_8bit=config.resolved(row)["load_in_8bit"], pad_token_id=tokenizer.pad_token_id,
+            quantization=row_quantization(config.model, row), pad_token_id=tokenizer.pad_token_id,
         )
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -12,11 +12,13 @@ from typing import Any
 from petl.core import registry
 from petl.core import validators as v
 from petl.errors import ConfigError, UnknownStrategyError, suggest
+from petl.modeling.quantization import FOUR_BIT_KEYS, Quantization, quantization_from_options
 from petl.training.config import MIXED_PRECISION, OPTIMIZERS
 
 __all__ = [
-    "DEVICES", "FULL", "ROW_KEYS", "SYNTHETIC", "DataSpec", "ModelSpec", "StrategySpec", "TimingSpec", "TrainSpec",
-    "check_keys",
+    "DEVICES", "FULL", "PRUNERS", "ROW_KEYS", "SAMPLERS", "SYNTHETIC", "DataSpec", "ModelSpec", "SearchSpec",
+    "StrategySpec", "TimingSpec", "TrainSpec",
+    "check_keys", "row_quantization",
 ]
 
 FULL = "full"
@@ -45,11 +47,21 @@ class ModelSpec:
     GGUF file), a local folder with ``config.json``, or a Hub model name (online users)."""
     load_in_8bit: bool = False
     """Load the frozen linear weights in 8 bits (bitsandbytes); rows may override it."""
+    load_in_4bit: bool = False
+    """Load them in 4 bits (bitsandbytes, QLoRA's base; not with ``load_in_8bit``); rows may override it."""
+    bnb_4bit_quant_type: str | None = None
+    """``"nf4"`` (``None``: the default) or ``"fp4"``; only with 4-bit loading."""
+    bnb_4bit_double_quant: bool | None = None
+    """Quantize the 4-bit blocks' scales too (``None``: off); only with 4-bit loading."""
+    bnb_4bit_compute_dtype: str | None = None
+    """``"float32"`` (``None``: the default), ``"bfloat16"`` or ``"float16"``; only with 4-bit loading."""
 
     def __post_init__(self) -> None:
         v.check(isinstance(self.name, str) and self.name != "",
               f"[model] name must be a non-empty string, got {self.name!r}.")
         v.check_bool("[model] load_in_8bit", self.load_in_8bit)
+        v.check_bool("[model] load_in_4bit", self.load_in_4bit)
+        quantization_from_options(_quantization_keys(self), prefix="[model] ")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +76,8 @@ class DataSpec:
     generated split is used), required otherwise."""
     max_length: int = 128
     """Truncate every example to this many tokens."""
+    doc_stride: int = 128
+    """Question answering: the context tokens consecutive windows of a long context share."""
     train_examples: int | None = None
     """Use the first N training examples (or generate N synthetic ones); ``None`` uses
     all (2000 for synthetic data)."""
@@ -84,6 +98,7 @@ class DataSpec:
         v.check(self.eval is None or isinstance(self.eval, str),
               f"[data] eval must be a path or name, got {self.eval!r}.")
         v.check_positive_int("[data] max_length", self.max_length)
+        v.check_non_negative_int("[data] doc_stride", self.doc_stride)
         v.check_positive_int("[data] train_examples", self.train_examples, allow_none=True)
         v.check_positive_int("[data] eval_examples", self.eval_examples, allow_none=True)
         for name in ("text_column", "label_column", "target_column"):
@@ -150,7 +165,65 @@ class TimingSpec:
         v.check_positive_int("[timing] batches", self.batches)
 
 
-ROW_KEYS = ("name", "label", "options", "learning_rate", "mixed_precision", "optimizer", "load_in_8bit")
+SAMPLERS = ("qmc", "tpe", "random")
+PRUNERS = ("median", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSpec:
+    """The ``[search]`` table: an Optuna study per row before the reported runs (:mod:`petl.bench.search`)."""
+
+    enabled: bool = False
+    """Search each row's settings first (``petl bench --search``); off by default."""
+    trials: int = 8
+    """Trials per row: the same number for every row, so no row is tuned harder than another."""
+    validation_fraction: float = 0.1
+    """The share of the training examples carved off (seeded) to score trials on; the
+    evaluation set is not read during the search."""
+    options: tuple[str, ...] | None = None
+    """Which declared strategy options (a strategy's ``search_space``) to search besides the
+    learning rate; ``None`` searches every declared one, ``[]`` the learning rate only."""
+    learning_rate_factor: float = 4.0
+    """The learning rate is drawn log-uniformly from [lr / factor, lr * factor] around the row's."""
+    epochs: int | None = None
+    """Training epochs of one trial; ``None`` uses ``[train]``'s budget."""
+    evaluations: int = 3
+    """Validation evaluations per trial; the pruner compares trials at these points."""
+    sampler: str = "qmc"
+    """``"qmc"`` (scrambled Sobol, seeded), ``"tpe"`` or ``"random"`` (see :mod:`petl.bench.search`)."""
+    pruner: str = "median"
+    """``"median"``: stop a trial whose validation loss is worse than the median of earlier
+    trials at the same point (after two complete trials); ``"none"`` runs every trial to the end."""
+    seed: int = 0
+    """Seed of the sampler and of the validation split."""
+    jobs: int = 1
+    """Trials run at once, each in its own worker process (``--jobs``)."""
+    storage: str | None = None
+    """An Optuna storage shared by several machines: ``journal:///path/file.log`` or an RDB URL
+    (``sqlite:///study.db``); ``None`` keeps the study in a journal file in the run folder."""
+
+    def __post_init__(self) -> None:
+        v.check_bool("[search] enabled", self.enabled)
+        v.check_positive_int("[search] trials", self.trials)
+        v.check_number("[search] validation_fraction", self.validation_fraction, low=0, high=0.5, low_open=True)
+        if self.options is not None:
+            v.check(isinstance(self.options, (list, tuple)) and all(isinstance(o, str) for o in self.options),
+                    f"[search] options must be a list of option names, got {self.options!r}.")
+            object.__setattr__(self, "options", tuple(self.options))
+        v.check_number("[search] learning_rate_factor", self.learning_rate_factor, low=1)
+        v.check_positive_int("[search] epochs", self.epochs, allow_none=True)
+        v.check_positive_int("[search] evaluations", self.evaluations)
+        v.check_choice("[search] sampler", self.sampler, SAMPLERS)
+        v.check_choice("[search] pruner", self.pruner, PRUNERS)
+        v.check_non_negative_int("[search] seed", self.seed)
+        v.check_positive_int("[search] jobs", self.jobs)
+        v.check(self.storage is None or (isinstance(self.storage, str) and "://" in self.storage),
+                f"[search] storage must be an Optuna storage URL such as journal:///tmp/study.log or "
+                f"sqlite:///study.db, got {self.storage!r}.")
+
+
+ROW_KEYS = ("name", "label", "options", "learning_rate", "mixed_precision", "optimizer", "load_in_8bit",
+            "load_in_4bit", *FOUR_BIT_KEYS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +244,15 @@ class StrategySpec:
     """This row's optimizer; ``None`` uses ``[train] optimizer``."""
     load_in_8bit: bool | None = None
     """Whether this row loads 8-bit base weights; ``None`` uses ``[model] load_in_8bit``."""
+    load_in_4bit: bool | None = None
+    """Whether this row loads 4-bit base weights; ``None`` uses ``[model] load_in_4bit``. A row that
+    turns one precision on turns the other off (``load_in_4bit = true`` under ``[model] load_in_8bit``)."""
+    bnb_4bit_quant_type: str | None = None
+    """This 4-bit row's code book; ``None`` uses ``[model]``'s."""
+    bnb_4bit_double_quant: bool | None = None
+    """This 4-bit row's double quantization; ``None`` uses ``[model]``'s."""
+    bnb_4bit_compute_dtype: str | None = None
+    """This 4-bit row's compute dtype; ``None`` uses ``[model]``'s."""
 
     def __post_init__(self) -> None:
         v.check(isinstance(self.name, str), f"A [[strategies]] name must be a string, got {self.name!r}.")
@@ -197,6 +279,10 @@ class StrategySpec:
                 self.load_in_8bit is not True,
                 "Full fine-tuning cannot train 8-bit weights: set load_in_8bit = false on the 'full' row.",
             )
+            v.check(
+                self.load_in_4bit is not True,
+                "Full fine-tuning cannot train 4-bit weights: set load_in_4bit = false on the 'full' row.",
+            )
         else:
             self.strategy_config()  # raises ConfigError with the nearest option name
         _learning_rate(f"learning_rate of {self.display}", self.learning_rate)
@@ -206,6 +292,10 @@ class StrategySpec:
             self.load_in_8bit is None or isinstance(self.load_in_8bit, bool),
             f"load_in_8bit of {self.display} must be true or false, got {self.load_in_8bit!r}.",
         )
+        # a row's own keys must agree among themselves; with [model]'s, row_quantization resolves them
+        own = {key: value for key, value in _quantization_keys(self).items() if value is not None}
+        implied = any(key in own for key in FOUR_BIT_KEYS) and own.get("load_in_8bit") is not True
+        quantization_from_options({"load_in_4bit": implied, **own}, prefix=f"{self.display}: ")
 
     @property
     def display(self) -> str:
@@ -215,6 +305,11 @@ class StrategySpec:
     @property
     def is_full(self) -> bool:
         return self.name == FULL
+
+    @property
+    def search_space(self) -> dict[str, Any]:
+        """The options the row's strategy offers to a search (its ``search_space``; none for ``full``)."""
+        return {} if self.is_full else dict(getattr(registry.get(self.name), "search_space", {}))
 
     def strategy_config(self) -> Any:
         """The strategy's config object built from ``options`` (not for ``full``)."""
@@ -241,3 +336,26 @@ class StrategySpec:
                     f"Valid keys: {', '.join(ROW_KEYS)}."
                 )
         return cls(**options)
+
+
+def _quantization_keys(spec: ModelSpec | StrategySpec) -> dict[str, Any]:
+    return {key: getattr(spec, key) for key in ("load_in_8bit", "load_in_4bit", *FOUR_BIT_KEYS)}
+
+
+def row_quantization(model: ModelSpec, row: StrategySpec) -> Quantization | None:
+    """How ``row`` loads the base: its own keys over ``[model]``'s (``None``: full precision).
+
+    A row that turns one precision on (``load_in_4bit = true``) turns ``[model]``'s other
+    one off; the 4-bit details a row leaves out come from ``[model]``.
+
+    Raises:
+        ConfigError: The row sets 4-bit details but does not load in 4 bits.
+    """
+    ours, base = _quantization_keys(row), _quantization_keys(model)
+    eight = ours["load_in_8bit"] if ours["load_in_8bit"] is not None else (
+        base["load_in_8bit"] and ours["load_in_4bit"] is not True)
+    four = ours["load_in_4bit"] if ours["load_in_4bit"] is not None else (
+        base["load_in_4bit"] and ours["load_in_8bit"] is not True)
+    details = {key: ours[key] if ours[key] is not None or not four else base[key] for key in FOUR_BIT_KEYS}
+    return quantization_from_options({"load_in_8bit": eight, "load_in_4bit": four, **details},
+                                     prefix=f"{row.display}: ")

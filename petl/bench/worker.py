@@ -29,6 +29,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     from petl.bench.config import BenchConfig
     from petl.bench.loading import build_row_model, load_data, load_tokenizer
     from petl.bench.measure import cuda_memory_mib, peak_rss_mib, saved_size
+    from petl.bench.schema import row_quantization
     from petl.core.params import count_parameters
     from petl.training import TrainConfig, train
 
@@ -45,7 +46,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
     loaded_s = time.perf_counter() - started
     out: dict[str, Any] = {"rss_start_mib": rss_start, "rss_after_data_mib": rss_data}
     if cuda:
-        if not settings["load_in_8bit"]:
+        if row_quantization(config.model, row) is None:  # bitsandbytes placed a quantized base already
             model.to("cuda")
         torch.cuda.synchronize()
         out["memory_after_load_mib"] = cuda_memory_mib(peak=False)
@@ -72,6 +73,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
         total_params=count.total,
         metrics={k: float(v) for k, v in result.metrics.items()},
         global_step=result.global_step,
+        checkpoint="last",  # load_best_at_end is off: the evaluation set must not pick the checkpoint
         train_loss=result.train_loss,
         train_time_s=result.runtime_s,
         load_time_s=loaded_s,
@@ -124,11 +126,15 @@ def _time_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one job (``mode`` ``"train"`` or ``"time"``) in this process and return its result."""
+    """Run one job (``mode`` ``"train"``, ``"time"`` or ``"trial"``) in this process and return its result."""
     if job["mode"] == "train":
         return _train_job(job)
     if job["mode"] == "time":
         return _time_job(job)
+    if job["mode"] == "trial":  # one trial of a [search] study: petl.bench.search
+        from petl.bench.search import trial_job
+
+        return trial_job(job)
     raise ValueError(f"Unknown worker mode {job['mode']!r}.")
 
 

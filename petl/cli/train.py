@@ -46,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train", required=True, help="training data: a .csv/.tsv/.jsonl/.json/CoNLL file or folder")
     g.add_argument("--validation", help="evaluation data, like --train")
     g.add_argument("--max-length", type=int, default=128, help="truncate sequences to this many tokens (128)")
+    g.add_argument("--doc-stride", type=int, default=128,
+                   help="question answering: context tokens shared by consecutive windows of a long context (128)")
+    g.add_argument("--qa-scoring", default="auto", choices=("auto", "squad", "cmrc2018"),
+                   help="question answering: SQuAD v1.1 or CMRC 2018 (Chinese) EM/F1; auto: CMRC 2018 when most "
+                        "contexts hold CJK characters")
     g.add_argument("--text-column", help="the text (or words, prompt, source) column")
     g.add_argument("--text-pair-column", help="the second sentence column of sentence pairs")
     g.add_argument("--label-column", help="the label (or tags) column")
@@ -55,6 +60,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-limit", type=int, help="use only the first N training examples (overrides --limit)")
     g.add_argument("--eval-limit", type=int, help="use only the first N evaluation examples (overrides --limit)")
     g.add_argument("--load-in-8bit", action="store_true", help="load the base weights in 8-bit (bitsandbytes)")
+    g.add_argument("--load-in-4bit", action="store_true",
+                   help="load the base weights in 4-bit (bitsandbytes, QLoRA); not with --load-in-8bit")
+    g.add_argument("--bnb-4bit-quant-type", metavar="{nf4,fp4}", help="the 4-bit code book (default nf4)")
+    g.add_argument("--bnb-4bit-double-quant", action=argparse.BooleanOptionalAction, default=None,
+                   help="also quantize the 4-bit blocks' scales (default: off)")
+    g.add_argument("--bnb-4bit-compute-dtype", metavar="{float32,bfloat16,float16}",
+                   help="the dtype 4-bit layers compute in (default float32)")
     s = p.add_argument_group("strategy")
     s.add_argument("--strategy", default="lora", help=f"a registered strategy, or '{FULL}' for full fine-tuning")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -82,13 +94,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seeds every generator before loading: the fresh head, the adapter, data order, dropout")
     t.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: after each epoch)")
     t.add_argument("--save-steps", type=int, help="checkpoint every N steps (default: at each evaluation)")
-    t.add_argument("--metric-for-best", default="eval_loss", help="e.g. eval_loss, accuracy, f1")
+    t.add_argument("--metric-for-best", default=None,
+                   help="e.g. eval_loss, accuracy, f1 (default: the task's metric, e.g. accuracy, entity F1)")
     t.add_argument("--early-stopping-patience", type=int)
     t.add_argument("--no-load-best-at-end", action="store_true", help="keep the last weights, not the best")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     t.add_argument("--logging-steps", type=int, default=10)
     t.add_argument("--log-with", help="also log to an Accelerate tracker: tensorboard")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--generation-metrics", default=None, metavar="LIST",
+                   help="causal-lm / seq2seq: also generate and score, comma-separated from rouge, exact_match; "
+                        "'none' turns it off (default: rouge when the target column holds summaries)")
+    t.add_argument("--max-new-tokens", type=int, default=64, help="generative evaluation: tokens per example (64)")
+    t.add_argument("--num-beams", type=int, default=1, help="generative evaluation: 1 greedy, more for beam search")
+    t.add_argument("--eval-generate-examples", type=int, help="generative evaluation: decode the first N only")
     add_threads_argument(t)
 
 
@@ -106,8 +125,18 @@ def _train_config(args: argparse.Namespace) -> Any:
         eval_steps=args.eval_steps, save_steps=args.save_steps, metric_for_best=args.metric_for_best,
         early_stopping_patience=args.early_stopping_patience, load_best_at_end=not args.no_load_best_at_end,
         resume=args.resume, logging_steps=args.logging_steps, log_with=args.log_with,
-        progress_bar=not args.no_progress,
+        progress_bar=not args.no_progress, generation_metrics=_generation_metrics(args.generation_metrics),
+        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+        eval_generate_examples=args.eval_generate_examples,
     )
+
+
+def _generation_metrics(value: str | None) -> tuple[str, ...] | None:
+    """``--generation-metrics``: ``None`` (automatic), ``()`` for "none", else the listed names."""
+    if value is None:
+        return None
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    return () if names in ((), ("none",)) else names
 
 
 def _load_data(args: argparse.Namespace, tokenizer: Any) -> Any:
@@ -118,6 +147,7 @@ def _load_data(args: argparse.Namespace, tokenizer: Any) -> Any:
     common = dict(
         tokenizer=tokenizer, max_length=args.max_length, text_column=args.text_column,
         text_pair_column=args.text_pair_column, label_column=args.label_column, target_column=args.target_column,
+        doc_stride=args.doc_stride, qa_scoring=args.qa_scoring,
     )
     train_limit = args.train_limit if args.train_limit is not None else args.limit
     eval_limit = args.eval_limit if args.eval_limit is not None else args.limit
@@ -129,6 +159,22 @@ def _load_data(args: argparse.Namespace, tokenizer: Any) -> Any:
                                 label_names=train.label_names or names, num_labels=train.num_labels, **common)
     return TaskData(train=train.train, eval=evaluation.eval, collator=train.collator, task=train.task,
                     num_labels=train.num_labels, label_names=train.label_names)
+
+
+def _quantization(args: argparse.Namespace) -> Any:
+    """The base's :class:`~petl.modeling.quantization.Quantization` the flags ask for, or ``None``.
+
+    Raises:
+        ConfigError: --load-in-8bit with --load-in-4bit, a --bnb-4bit-* flag without
+            --load-in-4bit, or an invalid value.
+    """
+    from petl.modeling.quantization import quantization_from_options
+
+    return quantization_from_options({
+        "load_in_8bit": args.load_in_8bit, "load_in_4bit": args.load_in_4bit,
+        "bnb_4bit_quant_type": args.bnb_4bit_quant_type, "bnb_4bit_double_quant": args.bnb_4bit_double_quant,
+        "bnb_4bit_compute_dtype": args.bnb_4bit_compute_dtype,
+    }, flags=True)
 
 
 def _check_options(args: argparse.Namespace, config: Any) -> None:
@@ -144,7 +190,7 @@ def _check_options(args: argparse.Namespace, config: Any) -> None:
     from petl.training.evaluation import check_metric_name
 
     check_metric_name(config.metric_for_best, REPORTED_METRICS[args.task], args.task)
-    needs_bnb = [flag for flag, used in (("--load-in-8bit", args.load_in_8bit),
+    needs_bnb = [flag for flag, used in (("--load-in-8bit", args.load_in_8bit), ("--load-in-4bit", args.load_in_4bit),
                                          ("--optimizer adamw8bit", config.optimizer == "adamw8bit")) if used]
     if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError(f"{' and '.join(needs_bnb)} need bitsandbytes, which is not installed. "
@@ -171,14 +217,15 @@ def run(args: argparse.Namespace) -> int:
     from petl.training.setup import check_output_dir
 
     config = _train_config(args)  # validate every option before loading anything
+    quantization = _quantization(args)
     options = dict(parse_set(item) for item in args.set)
     if args.strategy == FULL:
         if options:
             raise ConfigError(f"--set {sorted(options)} has no meaning with --strategy {FULL}: there are no "
                               "strategy options in full fine-tuning.")
-        if args.load_in_8bit:
-            raise ConfigError(f"--load-in-8bit freezes the base weights in 8-bit, so --strategy {FULL} cannot "
-                              "train them. Pick a strategy such as --strategy lora.")
+        if quantization is not None:
+            raise ConfigError(f"--load-in-{quantization.bits}bit freezes the base weights in {quantization.bits}-bit, "
+                              f"so --strategy {FULL} cannot train them. Pick a strategy such as --strategy lora.")
     else:  # an unknown strategy or option fails now, with a suggestion, before anything is loaded
         get(args.strategy).config_class.from_dict(options)
     _check_options(args, config)
@@ -189,13 +236,14 @@ def run(args: argparse.Namespace) -> int:
     data = _load_data(args, tokenizer)
     set_seed(args.seed)  # a fresh head and the adapter's initial weights are drawn while loading and wrapping
     model = load_model(args.model, args.task, num_labels=data.num_labels, label_names=data.label_names,
-                       load_in_8bit=args.load_in_8bit, pad_token_id=tokenizer.pad_token_id,
+                       quantization=quantization, pad_token_id=tokenizer.pad_token_id,
                        plain_weights=args.strategy == FULL)
     if args.strategy != FULL:
         wrap(model, args.strategy, **options)
         logger.info("%s: %s trainable parameters", args.strategy, count_parameters(model))
     result = train(model, data, tokenizer=tokenizer, config=config)
-    summary = {"metrics": result.metrics, "global_step": result.global_step, "train_loss": result.train_loss,
+    summary = {"metrics": result.metrics, "metric_for_best": result.metric_for_best, "best_step": result.best_step,
+               "global_step": result.global_step, "train_loss": result.train_loss,
                "runtime_s": round(result.runtime_s, 1), "output": str(Path(args.output))}
     print(json.dumps(summary, indent=2))
     return 0

@@ -240,7 +240,11 @@ def wrap(model: nn.Module, strategy: str | StrategyConfig, /, **options: Any) ->
             f"{state_of(model).strategy.config.strategy!r} strategy. "
             "Call petl.unwrap(model) (or petl.merge(model)) before wrapping it again."
         )
-    instance = _build(strategy, options)
+    return _attach(model, _build(strategy, options))
+
+
+def _attach(model: nn.Module, instance: Strategy) -> nn.Module:
+    """``wrap`` once the strategy is built (``petl.add_adapter`` names it first)."""
     heads = resolve_heads(model, instance.config.modules_to_save)
     if instance.config.modules_to_save != heads:
         instance.config = _with_heads(instance.config, heads)
@@ -308,16 +312,27 @@ def unwrap(model: nn.Module) -> nn.Module:
     return _finish(model, state.strategy.remove(model), state)
 
 
-def merge(model: nn.Module) -> nn.Module:
+def merge(model: nn.Module, *, dequantize: bool = False) -> nn.Module:
     """Fold the adapter into the base weights and return a plain model.
 
     The merged model computes what the wrapped one did (within floating-point
     rounding) with no adapter modules left. Trained heads keep their trained values.
 
+    A quantized base (bitsandbytes 4-bit or 8-bit layers) is refused, since re-quantizing
+    ``W + delta`` would change the outputs; ``dequantize=True`` replaces its quantized
+    layers by full-precision ones first and merges there, with a warning (see
+    :mod:`petl.core.quantized`).
+
     Raises:
         NotWrappedError: The model is not wrapped.
-        NotMergeableError: The strategy's adapter cannot be folded into weights
-            (the model is left wrapped and unchanged).
+        NotMergeableError: The strategy's adapter cannot be folded into weights, or the
+            base is quantized and ``dequantize`` is false (the model is left wrapped and
+            unchanged).
     """
+    from petl.core import quantized  # lazy: it builds on this module
+
     state = state_of(model)
+    if dequantize and quantized.quantized_linear_names(model):
+        return quantized.merge_dequantized(model)
+    quantized.refuse_quantized(model, state)
     return _finish(model, state.strategy.merge(model), state)

