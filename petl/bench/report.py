@@ -6,7 +6,9 @@ Plots:
 * ``metric_vs_params.png``: the task metric (mean over seeds, with min-max bars)
   against trainable parameters on a log axis;
 * ``memory.png``: peak memory per row, split into "before training" and "added by training";
-* ``step_time.png``: median step time per row (min-max bars) from the side-by-side loop.
+* ``step_time.png``: median step time per row (min-max bars) from the side-by-side loop;
+* ``pareto.png``: the metric (95% interval) against trainable parameters, peak memory and
+  step time, dominated rows hollow (:mod:`petl.bench.verdict`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from typing import Any
 
 from petl.bench.environment import environment_section
 from petl.bench.results import BenchResult, StrategyResult
+from petl.bench.verdict import pareto_plot, search_section, uncertainty_section
 from petl.files import atomic_write_text
 
 __all__ = ["CSV_COLUMNS", "PLOTS", "format_table", "markdown", "write_reports"]
 
 logger = logging.getLogger(__name__)
 
-PLOTS = ("metric_vs_params.png", "memory.png", "step_time.png")
+PLOTS = ("metric_vs_params.png", "memory.png", "step_time.png", "pareto.png")
 CSV_COLUMNS = (
     "label", "strategy", "options", "learning_rate", "mixed_precision", "optimizer", "load_in_8bit",
     "trainable_params", "total_params", "trainable_share", "ratio_to_full",
@@ -99,7 +102,7 @@ def format_table(result: BenchResult) -> str:
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True)))
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    notes = [f"metric: {_metric_title(result)}"]
+    notes = [f"metric: {_metric_title(result)}"] + ([f"verdict: {result.verdict}"] if result.verdict else [])
     notes += [f"{r.label}: ERROR {r.error.splitlines()[0]}" for r in result.rows if r.error]
     return "\n".join(lines + [""] + notes)
 
@@ -124,6 +127,7 @@ def markdown(result: BenchResult) -> str:
         "",
         head, rule, *body,
         "",
+        *([f"**Verdict.** {result.verdict}", ""] if result.verdict else []),
         f"* metric: {_metric_title(result)}.",
         f"* memory: {memory_note}.",
         f"* step time: median of {timing.get('steps')} timed steps per row after {timing.get('warmup_steps')} "
@@ -132,6 +136,8 @@ def markdown(result: BenchResult) -> str:
         if timing.get("steps") else "* step time: not measured ([timing] steps = 0).",
         "* saved: bytes written by `petl.save` (full fine-tuning: the model's safetensors).",
         "* time s: wall time of one run's process work (loading, training, evaluation, saving), mean over seeds.",
+        "* checkpoint: the weights of the last step are evaluated (the evaluation set picks no checkpoint); search "
+        "trials are scored at their best validation evaluation by the task metric.",
     ]
     if "bag_of_words_accuracy" in data:
         lines.append(f"* data: petl's synthetic sentiment set ({data.get('train_examples')} training, "
@@ -143,6 +149,10 @@ def markdown(result: BenchResult) -> str:
     for row in result.rows:
         if row.error:
             lines.append(f"* {row.label} failed: {row.error.splitlines()[0]}")
+    for row in result.rows:  # every evaluation metric, e.g. exact match next to question answering's F1
+        if row.eval_means:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in row.eval_means.items())
+            lines.append(f"* {row.label} evaluation: {shown}.")
     lines += ["", "## Rows", "",
               "| strategy | name | options | learning rate | precision | optimizer | 8-bit | steps |",
               "|:---|:---|:---|---:|:---|:---|:---|---:|"]
@@ -151,7 +161,7 @@ def markdown(result: BenchResult) -> str:
         rate = "trainer default" if row.learning_rate is None else f"{row.learning_rate:g}"
         lines.append(f"| {row.label} | {row.strategy} | {options} | {rate} | {row.mixed_precision} | "
                      f"{row.optimizer} | {'yes' if row.load_in_8bit else 'no'} | {row.global_steps or '-'} |")
-    lines += ["", *environment_section(env)]
+    lines += ["", *uncertainty_section(result), *search_section(result), *environment_section(env)]
     return "\n".join(lines)
 
 
@@ -237,6 +247,9 @@ def write_plots(result: BenchResult, folder: Path) -> list[Path]:
     ax.set_ylabel("median training step (ms)")
     ax.set_title(f"{result.name}: step time (interleaved, batch {result.timing.get('batch_size')})")
     paths.append(_save(fig, folder / PLOTS[2]))
+
+    pareto_plot(result, folder / PLOTS[3])
+    paths.append(folder / PLOTS[3])
     return paths
 
 

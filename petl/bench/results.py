@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchResult", "StrategyResult", "aggregate"]
+__all__ = ["BenchResult", "StrategyResult", "add_differences", "aggregate"]
 
 
 @dataclass
@@ -69,7 +69,21 @@ class StrategyResult:
     metric_max: float | None = None
     metric_values: list[float] = field(default_factory=list)
     """The metric of each seed, in seed order."""
+    metric_ci: list[float] | None = None
+    """The 95% Student t interval of the mean over seeds, ``[low, high]`` (``None``: one seed)."""
+    diff_to_full: float | None = None
+    """Mean over the shared seeds of (this row's metric - full fine-tuning's), paired by seed."""
+    diff_ci: list[float] | None = None
+    """The 95% interval of that paired difference (``None``: fewer than two shared seeds)."""
+    indistinguishable: bool | None = None
+    """Whether ``diff_ci`` contains 0: these runs cannot tell the row from full fine-tuning."""
+    checkpoint: str | None = None
+    """Which weights were evaluated: ``"last"`` (the evaluation set picks no checkpoint)."""
+    search: dict[str, Any] | None = None
+    """The ``[search]`` study of this row: chosen settings, validation score, every trial."""
     eval_loss_mean: float | None = None
+    eval_means: dict[str, float] = field(default_factory=dict)
+    """The mean over seeds of every evaluation metric (e.g. ``eval_exact_match`` next to ``eval_f1``)."""
     seeds: list[int] = field(default_factory=list)
     adapter_bytes: int | None = None
     """Bytes of what ``petl.save`` writes (full fine-tuning: the model's safetensors)."""
@@ -108,6 +122,8 @@ class BenchResult:
     timing: dict[str, Any] = field(default_factory=dict)
     """How step times were measured (warm-up, timed rounds, batch shapes)."""
     output_dir: Path | None = None
+    verdict: str | None = None
+    """One sentence: the cheapest strategy within the tolerance of full fine-tuning (:mod:`petl.bench.verdict`)."""
 
     def row(self, label: str) -> StrategyResult:
         """The row called ``label``."""
@@ -126,6 +142,7 @@ class BenchResult:
             "data": self.data,
             "timing": self.timing,
             "config": self.config,
+            "verdict": self.verdict,
             "results": [row.to_dict() for row in self.rows],
         }
 
@@ -136,7 +153,7 @@ class BenchResult:
             name=values["name"], rows=[StrategyResult.from_dict(r) for r in values["results"]],
             config=values["config"], environment=values["environment"], wall_time_s=values["wall_time_s"],
             device=values["device"], data=values.get("data", {}), timing=values.get("timing", {}),
-            output_dir=output_dir,
+            output_dir=output_dir, verdict=values.get("verdict"),
         )
 
 
@@ -181,11 +198,14 @@ def aggregate(row: StrategyResult, runs: list[dict[str, Any]], seeds: list[int],
     )
     losses = [run["metrics"]["eval_loss"] for _, run in ok if "eval_loss" in run["metrics"]]
     row.eval_loss_mean = statistics.fmean(losses) if losses else None
+    row.eval_means = {key: statistics.fmean(run["metrics"][key] for _, run in ok)
+                      for key in sorted(first["metrics"]) if all(key in run["metrics"] for _, run in ok)}
     row.adapter_bytes = first["saved_bytes"]
     notes = sorted({note for _, run in ok for note in run.get("notes", [])})
     if notes:
         row.error = "; ".join(([row.error] if row.error else []) + notes)
     row.global_steps = first["global_step"]
+    row.checkpoint = first.get("checkpoint")
     row.train_time_s = statistics.fmean(run["train_time_s"] for _, run in ok)
     row.wall_time_s = statistics.fmean(run["wall_time_s"] for _, run in ok)
 
@@ -205,6 +225,24 @@ def add_timing(rows: list[StrategyResult], timing: dict[str, Any], batch_size: i
         row.step_time_ms_max = measured["step_time_ms_max"]
         row.timed_steps = measured["steps"]
         row.throughput = batch_size / (row.step_time_ms / 1000)
+
+
+def add_differences(rows: list[StrategyResult], baseline: str = "full") -> None:
+    """Each row's 95% interval over seeds and its paired difference from full fine-tuning
+    (see :mod:`petl.bench.stats`)."""
+    from petl.bench.stats import mean_interval, paired_difference
+
+    full = next((r for r in rows if r.strategy == baseline and r.metric_values), None)
+    for row in rows:
+        interval = mean_interval(row.metric_values) if len(row.metric_values) == len(row.seeds) else None
+        row.metric_ci = [interval.low, interval.high] if interval is not None and interval.low is not None else None
+        if full is None or row is full or len(row.metric_values) != len(row.seeds):
+            continue
+        diff = paired_difference(row.metric_values, row.seeds, full.metric_values, full.seeds)
+        if diff is not None:
+            row.diff_to_full = diff.mean
+            row.diff_ci = [diff.low, diff.high] if diff.low is not None else None
+            row.indistinguishable = diff.contains_zero
 
 
 def add_ratios(rows: list[StrategyResult], baseline: str = "full") -> None:

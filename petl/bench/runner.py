@@ -23,7 +23,7 @@ from typing import Any
 
 from petl.bench.config import BenchConfig, check_runnable
 from petl.bench.environment import collect_environment, load_average
-from petl.bench.results import BenchResult, StrategyResult, add_ratios, add_timing, aggregate
+from petl.bench.results import BenchResult, StrategyResult, add_differences, add_ratios, add_timing, aggregate
 from petl.errors import PetlError
 from petl.threads import set_wait_policy
 
@@ -90,6 +90,23 @@ def _row_result(config: BenchConfig, row: Any) -> StrategyResult:
     )
 
 
+def _search(config: BenchConfig, output: Path, work: Path, device: str) -> tuple[BenchConfig, dict[str, Any]]:
+    """Run the ``[search]`` study of every row (:mod:`petl.bench.search`); the config with the chosen settings."""
+    from petl.bench.search import apply_choice, search_row
+
+    storage = config.search.storage or f"journal://{(output / 'search.journal').resolve()}"
+    searches = {}
+    for spec in config.strategies:
+        logger.info("Searching %s: %d trials, %d at a time (%s)", spec.display, config.search.trials,
+                    config.search.jobs, storage)
+        searches[spec.display] = search_row(
+            config, spec, lambda job, name: _spawn({**job, "device": device}, work, name, device), storage=storage)
+        logger.info("%s: chose %s (validation %s)", spec.display, searches[spec.display]["params"],
+                    searches[spec.display]["score"])
+    rows = tuple(apply_choice(s, searches[s.display]["params"]) for s in config.strategies)
+    return config.replace(strategies=rows), searches
+
+
 def run_benchmark(
     config: BenchConfig, output_dir: str | os.PathLike[str] | None = None, *, progress: bool = True,
     write: bool = True,
@@ -123,9 +140,14 @@ def run_benchmark(
     worker_env = _worker_env(device)
     environment["worker_env"] = {k: worker_env.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS",
                                                                "CUDA_VISIBLE_DEVICES")}
-    base_job = {"config": config.to_dict(), "device": device, "progress": progress}
-    rows = [_row_result(config, row) for row in config.strategies]
+    searches: dict[str, Any] = {}
     try:
+        if config.search.enabled:
+            config, searches = _search(config, output, work, device)
+        base_job = {"config": config.to_dict(), "device": device, "progress": progress}
+        rows = [_row_result(config, row) for row in config.strategies]
+        for row in rows:
+            row.search = searches.get(row.label)
         data = _data_facts(config)
         timing: dict[str, Any] = {"warmup_steps": config.timing.warmup_steps, "steps": config.timing.steps,
                                   "batches": config.timing.batches, "batch_size": config.train.batch_size}
@@ -153,6 +175,7 @@ def run_benchmark(
                     data.setdefault("eval_examples", run["eval_examples"])
             aggregate(row, runs, list(config.seeds), config.metric_name)
         add_ratios(rows)
+        add_differences(rows)
     finally:
         shutil.rmtree(output / WORK_DIR, ignore_errors=True)
     environment["load_average_end"] = load_average()
@@ -160,6 +183,9 @@ def run_benchmark(
         name=config.name, rows=rows, config=config.to_dict(), environment=environment,
         wall_time_s=time.perf_counter() - started, device=device, data=data, timing=timing, output_dir=output,
     )
+    from petl.bench.verdict import verdict
+
+    result.verdict = verdict(result, config.tolerance)
     if write:
         from petl.bench.report import write_reports
 

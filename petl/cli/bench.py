@@ -7,11 +7,13 @@ data.
     petl bench                                  # the embedded default (MiniLM, synthetic sentiment)
     petl bench benchmarks/sst2_minilm.toml --output runs/sst2 --strategies lora,full --seeds 0,1
     petl bench --quick                          # a tiny budget: check every row runs
+    petl bench benchmarks/sst2_minilm.toml --search --trials 4 --jobs 2   # tune every row first
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a tiny budget (64 examples, 4 steps, 3 timed steps, one seed) to check every row runs")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the config's device")
+    p.add_argument("--search", action="store_true",
+                   help="tune each row's learning rate (and declared options) with Optuna first ([search] table)")
+    p.add_argument("--trials", type=int, metavar="N", help="trials per row of the search (overrides [search] trials)")
+    p.add_argument("--jobs", type=int, metavar="N", help="search trials run at once, each in its own process")
+    p.add_argument("--storage", metavar="URL",
+                   help="an Optuna storage shared by several machines: journal:///path/study.log or an RDB URL")
+    p.add_argument("--epochs", type=int, metavar="N", help="override [train] epochs (the reported runs and trials)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_threads_argument(p)
@@ -67,6 +76,12 @@ def _bench_config(args: argparse.Namespace) -> Any:
         config = config.replace(seeds=tuple(args.seeds))
     if args.device:
         config = config.replace(device=args.device)
+    if args.epochs is not None:
+        config = config.replace(train=dataclasses.replace(config.train, epochs=args.epochs))
+    changes = {key: value for key, value in (("enabled", True if args.search else None), ("trials", args.trials),
+                                              ("jobs", args.jobs), ("storage", args.storage)) if value is not None}
+    if changes:
+        config = config.replace(search=dataclasses.replace(config.search, **changes))
     if args.quick:
         config = config.quick()
     return config

@@ -24,12 +24,17 @@ from petl.core.validators import (
     set_field,
 )
 
-__all__ = ["MIXED_PRECISION", "OPTIMIZERS", "SCHEDULERS", "TRACKERS", "TrainConfig", "default_learning_rate"]
+__all__ = [
+    "GENERATION_METRICS", "MIXED_PRECISION", "OPTIMIZERS", "SCHEDULERS", "TRACKERS", "TrainConfig",
+    "default_learning_rate",
+]
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULERS = ("linear", "cosine", "constant")
 TRACKERS = ("tensorboard",)
+GENERATION_METRICS = ("rouge", "exact_match")
+"""What generative evaluation can report (:mod:`petl.training.generation`)."""
 
 
 def default_learning_rate(wrapped: bool) -> float:
@@ -104,9 +109,13 @@ class TrainConfig:
     ``petl train --seed`` does."""
     eval_steps: int | None = None
     """Evaluate every this many optimizer steps; ``None`` evaluates after each epoch."""
-    metric_for_best: str = "eval_loss"
+    metric_for_best: str | None = None
     """Evaluation metric that picks the best adapter and drives early stopping
-    (with or without the ``eval_`` prefix, e.g. ``"accuracy"``)."""
+    (with or without the ``eval_`` prefix, e.g. ``"accuracy"`` or ``"loss"``). ``None`` uses
+    the task's own metric (``petl.tasks.DEFAULT_METRIC``: accuracy for sequence classification,
+    entity F1 for token classification and question answering, perplexity for language
+    modelling), the checkpoint a user would pick; ``eval_loss`` when the evaluation reports no
+    such metric (a custom evaluator)."""
     greater_is_better: bool | None = None
     """Whether a larger ``metric_for_best`` is better; ``None`` infers it (lower is
     better for losses and perplexity, higher for everything else)."""
@@ -129,6 +138,17 @@ class TrainConfig:
     back bit for bit afterwards and the metrics agree up to float rounding. Needs one extra copy
     of each adapted weight during evaluation; turn it off when memory is that tight. Strategies
     that are no weight change (prefix, bottleneck) evaluate as they are either way."""
+    generation_metrics: tuple[str, ...] | None = None
+    """Generative evaluation of causal LM and seq2seq (:mod:`petl.training.generation`): some of
+    ``"rouge"`` (ROUGE-1/2/L F) and ``"exact_match"``, reported next to the loss. ``None``: ROUGE when
+    the target column holds summaries (``summary``, ``highlights``, ...), else none, since decoding
+    costs far more than the loss; ``()`` turns it off."""
+    max_new_tokens: int = 64
+    """Generative evaluation: the most tokens decoded per example."""
+    num_beams: int = 1
+    """Generative evaluation: 1 decodes greedily, more runs beam search (slower)."""
+    eval_generate_examples: int | None = None
+    """Generative evaluation: decode only the first this many evaluation examples (``None``: all)."""
     logging_steps: int = 10
     """Log the mean loss, learning rate and throughput every this many optimizer steps."""
     log_with: str | None = None
@@ -150,11 +170,22 @@ class TrainConfig:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("log_with", self.log_with, TRACKERS, allow_none=True)
         check_non_negative_int("seed", self.seed)
-        check(isinstance(self.metric_for_best, str) and self.metric_for_best != "",
-              f"metric_for_best must be a metric name such as 'eval_loss' or 'accuracy', got {self.metric_for_best!r}.")
+        check(self.metric_for_best is None or (isinstance(self.metric_for_best, str) and self.metric_for_best != ""),
+              f"metric_for_best must be a metric name such as 'eval_loss' or 'accuracy' (or None: the task's), "
+              f"got {self.metric_for_best!r}.")
         check(self.group_by_length is None or isinstance(self.group_by_length, bool),
               f"group_by_length must be True, False or None (by task), got {self.group_by_length!r}.")
         check_bool("packing", self.packing)
+        check_positive_int("max_new_tokens", self.max_new_tokens)
+        check_positive_int("num_beams", self.num_beams)
+        check_positive_int("eval_generate_examples", self.eval_generate_examples, allow_none=True)
+        if self.generation_metrics is not None:
+            chosen = (self.generation_metrics,) if isinstance(self.generation_metrics, str) else self.generation_metrics
+            check(isinstance(chosen, (list, tuple)), f"generation_metrics must be a list of {GENERATION_METRICS} "
+                  f"names (or None: automatic), got {self.generation_metrics!r}.")
+            for name in chosen:
+                check_choice("generation_metrics", name, GENERATION_METRICS)
+            set_field(self, "generation_metrics", tuple(chosen))
         for name in ("gradient_checkpointing", "load_best_at_end", "resume", "merged_eval", "progress_bar"):
             check_bool(name, getattr(self, name))
         check(self.greater_is_better is None or isinstance(self.greater_is_better, bool),

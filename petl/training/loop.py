@@ -37,7 +37,7 @@ from petl.training.checkpoint import (
     write_checkpoint,
 )
 from petl.training.config import TrainConfig
-from petl.training.evaluation import BestTracker, check_metric_name, evaluate, lower_is_better, metric_key
+from petl.training.evaluation import BestTracker, check_metric_name, evaluate, lower_is_better, resolve_metric
 from petl.training.log import LOG_NAME, METRICS_NAME, JsonLinesLog, LossWindow
 from petl.training.resume import (
     apply_checkpoint,
@@ -80,6 +80,9 @@ class TrainResult:
     """The best value of ``metric_for_best`` seen, or ``None`` without evaluations."""
     best_step: int | None = None
     """The step at which it was seen."""
+    metric_for_best: str | None = None
+    """The metric that selected the best checkpoint (``config.metric_for_best`` resolved: the
+    task's own metric by default)."""
     stopped_early: bool = False
     """Whether early stopping ended the run."""
     output_dir: Path | None = None
@@ -95,7 +98,7 @@ class TrainLoop:
         self.run = run
         self.config: TrainConfig = run.config
         self.acc = run.accelerator
-        metric = metric_key(self.config.metric_for_best)
+        metric = resolve_metric(self.config.metric_for_best, run.task)
         greater = self.config.greater_is_better
         self.best = BestTracker(
             metric, (not lower_is_better(metric)) if greater is None else greater, self.config.early_stopping_patience
@@ -324,7 +327,12 @@ class TrainLoop:
             return False
         factory = run.evaluator_factory
         metrics = evaluate(run.model, run.eval_loader, task=run.task, accelerator=self.acc,
-                           evaluator=factory() if factory is not None else None, merged=self.config.merged_eval)
+                           evaluator=factory() if factory is not None else None, merged=self.config.merged_eval,
+                           generation=run.generation)
+        if self.best.metric not in metrics and self.config.metric_for_best is None and self.best.best_step is None:
+            # the default (the task's metric) is missing from a custom evaluator's report: fall back to the loss
+            logger.warning("The evaluation reports no %s; the loss picks the best checkpoint.", self.best.metric)
+            self.best.metric, self.best.greater_is_better = "eval_loss", False
         if self.best.metric not in metrics:
             raise ConfigError(
                 f"metric_for_best={self.config.metric_for_best!r} is not among the evaluation metrics."
@@ -332,7 +340,7 @@ class TrainLoop:
             )
         record = {"step": self.global_step, **metrics}
         self.eval_history.append(record)
-        self.log.write(record)
+        self.log.write({**record, "metric_for_best": self.best.metric})
         run.track(metrics, self.global_step)
         logger.info("step %d: %s", self.global_step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if self.best.update(metrics, self.global_step):
@@ -380,6 +388,7 @@ class TrainLoop:
             eval_history=list(self.eval_history),
             best_metric=self.best.best_value,
             best_step=self.best.best_step,
+            metric_for_best=self.best.metric,
             stopped_early=self.stopped_early,
             output_dir=run.output_dir,
         )

@@ -130,9 +130,22 @@ def test_training_learns_a_learnable_rule() -> None:
                    config=TrainConfig(epochs=4, batch_size=8, learning_rate=2e-2, progress_bar=False))
     losses = [e["eval_loss"] for e in result.eval_history]
     assert len(losses) == 4 and losses[-1] < losses[0]
-    best = next(e for e in result.eval_history if e["step"] == result.best_step)
-    assert result.best_metric == min(losses) == best["eval_loss"]
+    # by default the task's own metric (accuracy) picks the checkpoint: the first evaluation at its maximum
+    accuracies = [e["eval_accuracy"] for e in result.eval_history]
+    best = result.eval_history[accuracies.index(max(accuracies))]
+    assert result.metric_for_best == "eval_accuracy" and result.best_step == best["step"]
+    assert result.best_metric == max(accuracies) == best["eval_accuracy"]
     assert result.metrics == {k: v for k, v in best.items() if k != "step"}
+
+
+def test_metric_for_best_loss_stays_an_option() -> None:
+    result = train(wrapped(), task_data("sequence-classification", n_train=48, n_eval=24),
+                   config=TrainConfig(epochs=3, batch_size=8, learning_rate=2e-2, progress_bar=False,
+                                      metric_for_best="loss"))
+    losses = [e["eval_loss"] for e in result.eval_history]
+    best = result.eval_history[losses.index(min(losses))]
+    assert result.metric_for_best == "eval_loss" and result.best_step == best["step"]
+    assert result.best_metric == min(losses)
 
 
 def test_full_fine_tuning_saves_the_whole_model(tmp_path: Path) -> None:
