@@ -9,8 +9,9 @@ starting from ``init_r`` triplets per layer. During training the total budget of
 triplets shrinks on a cubic schedule from ``init_r`` per layer to ``target_r`` per
 layer on average: every ``deltaT`` steps between ``tinit`` and ``total_step - tfinal``
 the triplets of lowest importance (a smoothed sensitivity score, eq. 7-9) are
-masked by zeroing their ``lambda``. An orthogonality penalty (eq. 4)
-``||P^T P - I||_F + ||Q Q^T - I||_F`` keeps ``P`` and ``Q`` close to singular vectors.
+masked by zeroing their ``lambda``. An orthogonality penalty (eq. 4, in peft's form)
+``||P^T P - I||_F + ||Q Q^T - I||_F`` keeps ``P`` and ``Q`` close to singular vectors; it is
+off by default (``orth_reg_weight=0``), see that field.
 
 Both need the training loop's help: ``petl.train`` calls :meth:`AdaLoraStrategy.on_train_begin`
 with the planned number of steps, adds :meth:`~AdaLoraStrategy.regularization_loss`
@@ -27,6 +28,7 @@ says which survive); :meth:`AdaLoraStrategy.tensors_from_peft` puts them back as
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,7 +40,7 @@ from torch import nn
 from petl.core.config import StrategyConfig
 from petl.core.registry import register
 from petl.core.validators import check, check_non_negative_int, check_number, check_positive_int
-from petl.errors import CheckpointError, ConfigError
+from petl.errors import CheckpointError, ConfigError, PetlError
 from petl.strategies.lora import ADAPTER_NAME, PEFT_PREFIX, LoraConfig, LoraStrategy
 
 __all__ = ["AdaLoraConfig", "AdaLoraStrategy"]
@@ -67,8 +69,12 @@ class AdaLoraConfig(LoraConfig):
     """Smoothing of the sensitivity (importance) estimate, in (0, 1)."""
     beta2: float = 0.85
     """Smoothing of its uncertainty, in (0, 1)."""
-    orth_reg_weight: float = 0.5
-    """Weight of the orthogonality penalty added to the loss."""
+    orth_reg_weight: float = 0.0
+    """Weight of the orthogonality penalty added to the loss (peft's default is 0.5). Off by default:
+    the penalty's gradient on ``P`` and ``Q`` has norm about 1 however close they are to orthonormal,
+    while the task's is proportional to ``lambda``, which starts at zero, so with Adam the penalty
+    alone steers ``P`` and ``Q`` and the update stays in random directions (MiniLM, petl's synthetic
+    data: 60.3% at 0.5, 71.3% at 0.1, 86.7% at 0, as LoRA; ``benchmarks/results/weak_strategies.md``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,9 +117,12 @@ def check_schedule(total_step: int, tinit: int, tfinal: int) -> None:
 
 @register("adalora")
 class AdaLoraStrategy(LoraStrategy):
-    """AdaLoRA through peft's ``AdaLoraModel``, injected in place."""
+    """AdaLoRA: SVD-shaped updates whose rank budget is reallocated in training (Zhang et al. 2023), on peft.
+
+    peft's ``AdaLoraModel`` layers are injected in place."""
 
     config_class: ClassVar[type[StrategyConfig]] = AdaLoraConfig
+    search_space: ClassVar[dict[str, tuple[int, ...]]] = {"init_r": (12, 16, 24)}  # petl bench --search
     tuner_class: ClassVar[type] = peft.AdaLoraModel
     peft_type: ClassVar[str | None] = "ADALORA"
     peft_config_class: ClassVar[type] = peft.AdaLoraConfig
@@ -152,6 +161,22 @@ class AdaLoraStrategy(LoraStrategy):
             "loss and call strategy.on_step_end(model, step) after each optimizer step "
             "(strategy = petl.core.wrapping.state_of(model).strategy)."
         )
+
+    @property
+    def peft_name(self) -> str:
+        """Always peft's ``"default"``: AdaLoRA shares no layer with another peft adapter (see ``check_stack``)."""
+        return ADAPTER_NAME
+
+    def check_stack(self, model: nn.Module, others: Sequence[Any]) -> None:
+        """Refuse other LoRA-family adapters: peft's ``AdaLoraModel`` trains one adapter and shares no layer."""
+        super().check_stack(model, [other for other in others if not isinstance(other, LoraStrategy)])
+        peers = [other for other in others if isinstance(other, LoraStrategy)]
+        if peers:
+            raise PetlError(
+                f"peft's AdaLoraModel holds a single adapter, so an AdaLoRA adapter cannot stack with the "
+                f"{peers[0].config.strategy!r} adapter {peers[0].adapter_name!r}. Delete that one first "
+                "(petl.delete_adapter)."
+            )
 
     def _drop_guard(self) -> None:
         if self._guard is not None:

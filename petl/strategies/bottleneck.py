@@ -34,9 +34,11 @@ is copied. In a post-LN model such as BERT that projection is followed, inside
 to ``d`` and before the skip connection and the layer norm, where Houlsby et al.'s
 Figure 2 puts it. In a pre-LN model (GPT-2, Llama, T5) it sits in the same place,
 between the projection and the residual addition, and the block's norm then applies
-to the next sub-layer's input. AdapterHub's Pfeiffer configuration additionally
-re-applies the block's LayerNorm around the adapter; petl does not, which keeps the
-placement identical across pre- and post-LN families. The parallel adapter reads the
+to the next sub-layer's input. AdapterHub's Pfeiffer configuration (``original_ln``)
+instead reads the block's normalised output and re-applies the block's LayerNorm:
+with ``s = x + FFN(x)`` the block returns ``LN(s + f(LN(s)))``; petl hooks the post-FFN
+LayerNorm for it (BERT family, DistilBERT), and keeps the plain placement in blocks
+without one (pre-LN models, whose next norm follows anyway). The parallel adapter reads the
 input of the FFN's first projection (``intermediate.dense``, ``gate_proj``, ``fc1``),
 i.e. the FFN's input after any pre-LN norm, captured by a forward pre-hook.
 
@@ -120,6 +122,9 @@ class BottleneckConfig(StrategyConfig):
     layers: tuple[int, ...] | None = None
     """Indices of the blocks to adapt (encoder blocks first in an encoder-decoder);
     ``None`` adapts every block."""
+    original_ln: bool = False
+    """``pfeiffer`` only: AdapterHub's arrangement in post-LN blocks, ``LN(s + f(LN(s)))`` with
+    ``s = x + FFN(x)`` (see Placement); ``False``: ``LN(s + f(FFN(x)))``."""
     cross_attention: bool = False
     """Also put a sequential adapter after the cross-attention output of decoder blocks
     of encoder-decoder models (sequential variants only)."""
@@ -146,6 +151,9 @@ class BottleneckConfig(StrategyConfig):
         if self.layers is not None:
             set_field(self, "layers", int_tuple("layers", self.layers, what="block indices"))
         check_bool("cross_attention", self.cross_attention)
+        check_bool("original_ln", self.original_ln)
+        check(not self.original_ln or self.variant == "pfeiffer", "original_ln=True is AdapterHub's Pfeiffer "
+              f"arrangement; use it with variant='pfeiffer', not {self.variant!r}.")
         check(
             not (self.cross_attention and self.variant == "parallel"),
             "cross_attention=True adds sequential adapters; use it with variant='houlsby' or 'pfeiffer'.",
@@ -219,7 +227,26 @@ class BottleneckAdapter(nn.Module):
 
 def _sequential_hook(module: nn.Module, args: Any, output: Any) -> Any:
     adapter = module._modules[ADAPTER_NAME]
+    if not getattr(adapter, "active", True):  # switched off (petl.set_active, petl.disabled): output unchanged
+        return None
     return map_first(output, adapter)
+
+
+def _post_ffn_norm(model: nn.Module, block: BlockInfo) -> str | None:
+    """The layer norm of ``x + FFN(x)`` in a post-LN block (BERT family, DistilBERT), if there is one."""
+    for path in (f"{(block.ffn_output or '').rpartition('.')[0]}.LayerNorm", f"{block.path}.output_layer_norm"):
+        if isinstance(dict(model.named_modules()).get(path), nn.LayerNorm):
+            return path
+    return None
+
+
+def _original_ln_hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+    """AdapterHub's Pfeiffer arrangement on the post-FFN layer norm: ``LN(s + f(LN(s)))``."""
+    adapter = module._modules[ADAPTER_NAME]
+    if not getattr(adapter, "active", True):  # switched off: output unchanged
+        return None
+    total = adapter.add_to(args[0], output)
+    return nn.functional.layer_norm(total, module.normalized_shape, module.weight, module.bias, module.eps)
 
 
 class _ParallelLink:
@@ -241,6 +268,8 @@ class _ParallelLink:
                 "pass module_paths with an 'ffn_input' that runs before 'ffn_output'."
             )
         adapter = module._modules[ADAPTER_NAME]
+        if not getattr(adapter, "active", True):
+            return None
         return map_first(output, lambda out: adapter.add_to(out, x))
 
 
@@ -259,9 +288,12 @@ class _Plan:
 
 @register("bottleneck")
 class BottleneckStrategy(StrategyBase):
-    """Bottleneck adapters placed with forward hooks; see the module docstring."""
+    """Bottleneck adapters: Houlsby, Pfeiffer or parallel (Houlsby et al. 2019; Pfeiffer et al. 2021), native.
+
+    Placed with forward hooks; see the module docstring."""
 
     config_class: ClassVar[type[StrategyConfig]] = BottleneckConfig
+    search_space: ClassVar[dict[str, tuple[int, ...]]] = {"reduction_factor": (8, 16, 32)}  # petl bench --search
     merge_refusal: ClassVar[str] = (
         "a bottleneck adapter applies a nonlinearity between its two projections, "
         "so no change of the existing linear weights reproduces it"
@@ -303,7 +335,9 @@ class BottleneckStrategy(StrategyBase):
                     "Pass module_paths={'blocks': ..., " + ", ".join(f"'{k}': ..." for k in needs) + "}."
                 )
             for key in wanted:
-                targets.append((getattr(block, key), block.ffn_input if c.variant == "parallel" else None, block))
+                path = getattr(block, key)
+                norm = _post_ffn_norm(model, block) if c.original_ln and key == "ffn_output" else None
+                targets.append((norm or path, block.ffn_input if c.variant == "parallel" else None, block))
             if c.cross_attention and block.cross_attention_output is not None:
                 targets.append((block.cross_attention_output, None, block))
         if c.cross_attention and not any(b.cross_attention_output for b in blocks):
@@ -323,6 +357,8 @@ class BottleneckStrategy(StrategyBase):
                 )
             seen.add(id(module))
             dims = linear_dims(module)
+            if isinstance(module, nn.LayerNorm):
+                dims = (0, module.normalized_shape[-1])
             hidden = dims[1] if dims is not None else block.hidden_size
             plans.append(_Plan(path, ffn_input, block.path, hidden, c.bottleneck_for(hidden)))
         return plans
@@ -356,7 +392,8 @@ class BottleneckStrategy(StrategyBase):
             record = HookedChild.attach(model, plan.path, ADAPTER_NAME, adapter, forward_hook=link.add,
                                         pre_hooks={plan.ffn_input: link.capture})
         else:
-            record = HookedChild.attach(model, plan.path, ADAPTER_NAME, adapter, forward_hook=_sequential_hook)
+            hook = _original_ln_hook if isinstance(target, nn.LayerNorm) else _sequential_hook
+            record = HookedChild.attach(model, plan.path, ADAPTER_NAME, adapter, forward_hook=hook)
         self._injected.append(record)
 
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -369,6 +406,11 @@ class BottleneckStrategy(StrategyBase):
     def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         copy_checked(self.adapter_state_dict(model), state_dict, source="The bottleneck adapter tensors",
                      fix="Load them onto a model wrapped with the same options.")
+
+    def set_active(self, model: nn.Module, active: bool, trainable: bool) -> None:
+        for record in self._injected:  # an inactive adapter's hook leaves its projection's output as it is
+            record.module(model).active = active
+            record.module(model).requires_grad_(active and trainable)
 
     def remove(self, model: nn.Module) -> nn.Module:
         for record in reversed(self._injected):

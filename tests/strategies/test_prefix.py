@@ -129,9 +129,10 @@ def _rows_alone(model: nn.Module, arch: str, head: str, batch: dict[str, torch.T
     full = T.logits(model, batch)
     for row in range(batch["input_ids"].shape[0]):
         n = int(batch["attention_mask"][row].sum())
-        alone = {k: v[row : row + 1, :n] if k != "labels" else v[row : row + 1] for k, v in batch.items()}
-        if head in ("causal-lm", "token-cls"):
-            alone.pop("labels")
+        per_row = ("labels", "start_positions", "end_positions")  # one value per row, not per token
+        alone = {k: v[row : row + 1, :n] if k not in per_row else v[row : row + 1] for k, v in batch.items()}
+        if head in ("causal-lm", "token-cls", "qa"):
+            alone.pop("labels", None)
             torch.testing.assert_close(T.logits(model, alone), full[row : row + 1, :n], atol=1e-5, rtol=1e-5)
         else:  # seq-cls rows, and seq2seq decoder logits over the same labels
             torch.testing.assert_close(T.logits(model, alone), full[row : row + 1], atol=1e-5, rtol=1e-5)

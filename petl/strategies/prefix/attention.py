@@ -152,6 +152,8 @@ def _prefix_attention(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     function = _base_function(base, module)
     slot = module.__dict__.get(SLOT_ATTR)
+    if slot is not None and not getattr(slot.source, "active", True):  # switched off: plain attention
+        slot = None
     if slot is None:
         recorder = _RECORDER.get()
         if recorder is not None and id(module) not in recorder.seen:

@@ -29,6 +29,7 @@ Initialisation: flat ``E`` and ``E'`` start ``N(0, 1)`` (as in peft). With
 initialisation with real words): the flat form takes the keys and values the
 model itself computes for those tokens at every layer; the projected form takes
 their input embeddings as ``E'``. The ids are repeated or cut to ``p`` tokens.
+``init="vocab"`` does the same with ``p`` random vocabulary tokens.
 
 The prefix never enters the KV cache: it is added inside the attention function
 at every call, so cached generation and gradient checkpointing work unchanged.
@@ -54,7 +55,7 @@ from petl.core.config import StrategyConfig
 from petl.core.params import copy_checked
 from petl.core.registry import register
 from petl.core.strategy import StrategyBase
-from petl.core.validators import check, check_positive_int, is_int, set_field
+from petl.core.validators import check, check_choice, check_positive_int, is_int, set_field
 from petl.errors import ConfigError, PetlError, UnsupportedModelError
 from petl.strategies.prefix.attention import (
     SLOT_ATTR,
@@ -70,6 +71,7 @@ __all__ = ["PrefixConfig", "PrefixEncoder", "PrefixStrategy"]
 MODULE_NAME = "petl_prefix"
 """Where the prefix parameters live in a wrapped model (``model.petl_prefix``)."""
 PROBE_LENGTH = 2
+INITS = ("vocab", "normal")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,12 +87,18 @@ class PrefixConfig(StrategyConfig):
     init_token_ids: tuple[int, ...] | None = None
     """Token ids to start the prefix from, e.g. ``tokenizer("Classify the sentiment:",
     add_special_tokens=False).input_ids``; repeated or cut to ``num_virtual_tokens``. ``None``
-    starts from random values."""
+    starts as ``init`` says."""
+    init: str = "normal"
+    """The start without ``init_token_ids``: ``"vocab"``, the activations of ``num_virtual_tokens``
+    random vocabulary tokens (drawn from torch's generator, so ``torch.manual_seed`` fixes them),
+    which keeps every key and value on the scale the model's attention expects; or ``"normal"``,
+    ``N(0, 1)`` entries as in peft."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_int("num_virtual_tokens", self.num_virtual_tokens)
         check_positive_int("projection", self.projection, allow_none=True)
+        check_choice("init", self.init, INITS)
         if self.init_token_ids is not None:
             ids = self.init_token_ids
             # A set or a mapping has no order (or is not a list of ids at all), and the order of the ids matters.
@@ -199,9 +207,12 @@ class PrefixEncoder(nn.Module):
 
 @register("prefix")
 class PrefixStrategy(StrategyBase):
-    """Prefix-tuning through transformers' attention interface, injected in place."""
+    """Prefix-tuning: trained key/value prefixes in every attention layer (Li & Liang 2021), native.
+
+    Injected in place through transformers' attention interface."""
 
     config_class: ClassVar[type[StrategyConfig]] = PrefixConfig
+    search_space: ClassVar[dict[str, tuple[int, ...]]] = {"num_virtual_tokens": (8, 16, 32)}  # petl bench --search
     handles_heads: ClassVar[bool] = False
     identity_at_init: ClassVar[bool] = False
     """The prefix changes every attention from the first step, so outputs differ at init."""
@@ -218,6 +229,8 @@ class PrefixStrategy(StrategyBase):
 
     def _token_ids(self, model: nn.Module) -> torch.Tensor:
         ids = self.config.init_token_ids
+        if ids is None and self.config.init == "vocab":
+            ids = _random_tokens(model, self.config.num_virtual_tokens)
         if ids is None:
             return torch.full((1, PROBE_LENGTH), _plain_token(model), dtype=torch.long)
         vocab = _input_embeddings(model).num_embeddings
@@ -245,7 +258,7 @@ class PrefixStrategy(StrategyBase):
                     f"No attention layer of this {type(model).__name__} goes through transformers' "
                     "AttentionInterface, which prefix-tuning hooks into. This architecture is not supported."
                 )
-            encoder = self._build(model, records)
+            encoder = self._build(model, records, token_ids)
             model.add_module(MODULE_NAME, encoder)
             for index, record in enumerate(records):
                 setattr(record.module, SLOT_ATTR, PrefixSlot(encoder, index))
@@ -255,7 +268,7 @@ class PrefixStrategy(StrategyBase):
             self._detach(model)
             raise
 
-    def _build(self, model: nn.Module, records: list[Record]) -> PrefixEncoder:
+    def _build(self, model: nn.Module, records: list[Record], token_ids: torch.Tensor) -> PrefixEncoder:
         first = records[0].key
         # Keep the prefix in float32 on half-precision models: it is what the optimizer updates.
         dtype = torch.promote_types(first.dtype, torch.float32)
@@ -265,12 +278,12 @@ class PrefixStrategy(StrategyBase):
         encoder = PrefixEncoder(
             self.config.num_virtual_tokens, shapes, embed_dim, projection, device=first.device, dtype=dtype
         )
-        if self.config.init_token_ids is not None:
+        if self.config.init_token_ids is not None or self.config.init == "vocab":
             with torch.no_grad():
                 if projection is None:
                     encoder.embedding.weight.copy_(_activations(records, self.config.num_virtual_tokens))
                 else:
-                    ids = self._token_ids(model).to(_input_embeddings(model).weight.device)
+                    ids = token_ids.to(_input_embeddings(model).weight.device)
                     encoder.embedding.weight.copy_(_input_embeddings(model)(ids)[0])
         return encoder
 
@@ -294,6 +307,12 @@ class PrefixStrategy(StrategyBase):
         copy_checked(self.adapter_state_dict(model), state_dict, source="The prefix tensors",
                      fix="Load them onto a model wrapped with the same prefix options.")
 
+    def set_active(self, model: nn.Module, active: bool, trainable: bool) -> None:
+        """Switch the prefix on or off: an inactive prefix adds no key or value to any attention."""
+        encoder = self.encoder(model)
+        encoder.active = active
+        encoder.requires_grad_(active and trainable)
+
     def remove(self, model: nn.Module) -> nn.Module:
         self._detach(model)
         return model
@@ -310,13 +329,27 @@ def _input_embeddings(model: nn.Module) -> nn.Embedding:
     return embeddings
 
 
-def _plain_token(model: nn.Module) -> int:
-    """The smallest token id that is not a special token (a probe of pad ids draws a warning)."""
+def _special_ids(model: nn.Module) -> set[object]:
     config = getattr(model, "config", None)
     special: set[object] = set()
     for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
         value = getattr(config, name, None)
         special.update(value if isinstance(value, (list, tuple)) else [value])
+    return special
+
+
+def _random_tokens(model: nn.Module, count: int) -> tuple[int, ...]:
+    """``count`` distinct random ids of the input vocabulary, none of them the config's special tokens."""
+    vocab = _input_embeddings(model).num_embeddings
+    special = _special_ids(model)
+    order = torch.randperm(vocab).tolist()
+    ids = tuple(i for i in order if i not in special)[:count]
+    return ids if len(ids) == count else (ids * count)[:count]
+
+
+def _plain_token(model: nn.Module) -> int:
+    """The smallest token id that is not a special token (a probe of pad ids draws a warning)."""
+    special = _special_ids(model)
     return next(i for i in range(len(special) + 1) if i not in special)
 
 
