@@ -9,6 +9,7 @@ data it reads and which metrics it reports:
 | ``token-classification`` | ``AutoModelForTokenClassification`` | loss, entity precision / recall / F1, tag accuracy |
 | ``causal-lm`` | ``AutoModelForCausalLM`` | loss, perplexity |
 | ``seq2seq`` | ``AutoModelForSeq2SeqLM`` | loss, perplexity |
+| ``question-answering`` | ``AutoModelForQuestionAnswering`` | loss, exact match, F1 (SQuAD / CMRC 2018) |
 
 This module imports nothing heavy, so the command line can offer the task names
 without loading torch.
@@ -34,7 +35,7 @@ __all__ = [
     "task_of_model",
 ]
 
-TASKS = ("sequence-classification", "token-classification", "causal-lm", "seq2seq")
+TASKS = ("sequence-classification", "token-classification", "causal-lm", "seq2seq", "question-answering")
 """Every task petl trains, evaluates and benchmarks."""
 CLASSIFICATION_TASKS = ("sequence-classification", "token-classification")
 """Tasks whose labels are class ids, checked against the head's ``num_labels``."""
@@ -50,6 +51,7 @@ AUTO_CLASSES = {
     "token-classification": "AutoModelForTokenClassification",
     "causal-lm": "AutoModelForCausalLM",
     "seq2seq": "AutoModelForSeq2SeqLM",
+    "question-answering": "AutoModelForQuestionAnswering",
 }
 """The ``transformers`` auto class that loads a model with each task's head."""
 
@@ -58,6 +60,7 @@ PEFT_TASK_TYPES = {
     "token-classification": "TOKEN_CLS",
     "causal-lm": "CAUSAL_LM",
     "seq2seq": "SEQ_2_SEQ_LM",
+    "question-answering": "QUESTION_ANS",
 }
 """peft's ``TaskType`` for each task: the ``task_type`` of an ``adapter_config.json``, which
 picks the ``PeftModelFor...`` class (and ``AutoPeftModelFor...``) that loads the adapter."""
@@ -67,6 +70,7 @@ _CLASS_SUFFIXES = {
     "token-classification": ("ForTokenClassification",),
     "causal-lm": ("ForCausalLM", "LMHeadModel"),
     "seq2seq": ("ForConditionalGeneration", "ForSeq2SeqLM"),
+    "question-answering": ("ForQuestionAnswering",),
 }
 
 REPORTED_METRICS = {
@@ -74,6 +78,7 @@ REPORTED_METRICS = {
     "token-classification": ("eval_loss", "eval_precision", "eval_recall", "eval_f1", "eval_accuracy"),
     "causal-lm": ("eval_loss", "eval_perplexity"),
     "seq2seq": ("eval_loss", "eval_perplexity"),
+    "question-answering": ("eval_loss", "eval_exact_match", "eval_f1"),
 }
 """The metrics the trainer's default evaluation reports for each task."""
 
@@ -82,6 +87,7 @@ DEFAULT_METRIC = {
     "token-classification": "eval_f1",
     "causal-lm": "eval_perplexity",
     "seq2seq": "eval_perplexity",
+    "question-answering": "eval_f1",
 }
 """The metric a benchmark reports for each task unless told otherwise."""
 

@@ -23,7 +23,7 @@ from petl.tasks import (
 def test_every_table_covers_every_task() -> None:
     for table in (AUTO_CLASSES, REPORTED_METRICS, DEFAULT_METRIC):
         assert tuple(table) == TASKS
-    assert set(CLASSIFICATION_TASKS) | set(LM_TASKS) == set(TASKS)
+    assert set(CLASSIFICATION_TASKS) | set(LM_TASKS) | {"question-answering"} == set(TASKS)
     for task in TASKS:
         assert DEFAULT_METRIC[task] in REPORTED_METRICS[task]
 
@@ -46,7 +46,7 @@ def test_check_task_suggests_the_nearest() -> None:
 
 def test_task_of_model_on_the_tiny_models() -> None:
     heads = {"seq-cls": "sequence-classification", "token-cls": "token-classification", "causal-lm": "causal-lm",
-             "seq2seq-lm": "seq2seq"}
+             "seq2seq-lm": "seq2seq", "qa": "question-answering"}
     for arch, head in T.CASES:
         assert task_of_model(T.build(arch, head)) == heads[head], (arch, head)
     assert task_of_model(T.build("bert", "seq-cls").bert) is None  # a bare body has no task

@@ -14,7 +14,9 @@ is checked and used as it is (:mod:`petl.data.pretokenized`); a
   first sub-token of each word;
 * ``causal-lm``: prompt -> completion, loss on the completion only (or plain text,
   loss on every token);
-* ``seq2seq``: source text -> target text.
+* ``seq2seq``: source text -> target text;
+* ``question-answering``: question + context -> the answer's span, long contexts cut into
+  overlapping windows (SQuAD-format data, see :mod:`petl.data.qa`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 from petl.data import pretokenized as _pretokenized
 from petl.data import streaming as _streaming
 from petl.data.collate import Collator, TokenizedDataset, pad_id
-from petl.data.columns import class_names
+from petl.data.columns import SUMMARY_COLUMNS, class_names, find_column
 from petl.data.prepare import prepare_splits
 from petl.data.readers import read_conll, read_dataset, split_dataset_dict
 from petl.data.streaming import StreamingDataset
@@ -88,6 +90,12 @@ class TaskData:
     label_names: list[str] | None
     """The name of each class id (e.g. ``["negative", "positive"]`` or NER tags), or ``None``
     when the labels were integers without names."""
+    tokenizer: Any = None
+    """The tokenizer that read the text (``None`` for pre-tokenized data without one): it decodes
+    generated text in a generative evaluation."""
+    target_column: str | None = None
+    """The completion / target column of a causal-LM or seq2seq data set when it was named or holds
+    reference summaries (:data:`~petl.data.columns.SUMMARY_COLUMNS`): such data is scored with ROUGE."""
 
 
 _Source = str | os.PathLike | datasets.Dataset | datasets.IterableDataset | datasets.DatasetDict | Any
@@ -111,6 +119,8 @@ def load_task_data(
     limit: int | None = None,
     num_labels: int | None = None,
     pad_token_id: int | None = None,
+    doc_stride: int = 128,
+    qa_scoring: str = "auto",
 ) -> TaskData:
     """Read, check and tokenise the data of a task.
 
@@ -159,6 +169,9 @@ def load_task_data(
             ``label_names`` are given (default: the largest label + 1).
         pad_token_id: The id that pads the ``input_ids`` of pre-tokenized data when no
             ``tokenizer`` is given (``petl.train`` passes the model config's ``pad_token_id``).
+        doc_stride: Question answering: the context tokens consecutive windows share.
+        qa_scoring: Question answering: ``"squad"``, ``"cmrc2018"`` or ``"auto"`` (CMRC 2018 when
+            most evaluation contexts hold CJK characters), see :mod:`petl.metrics.qa`.
 
     Returns:
         The tokenised :class:`TaskData`.
@@ -187,6 +200,8 @@ def load_task_data(
     splits = _read_splits(train, eval, limit)
     options = dict(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
                    target_column=target_column, label_names=label_names, num_labels=num_labels)
+    if task == "question-answering":
+        options.update(doc_stride=doc_stride, qa_scoring=qa_scoring)
     forms = {n: _pretokenized.is_pretokenized(_column_names(d, n)) for n, d in splits.items()}
     if len(set(forms.values())) > 1:
         done = next(n for n, pre in forms.items() if pre)
@@ -224,8 +239,11 @@ def load_task_data(
             logger.info("%s data: %d %s examples", name, len(rows), task)
         elif rows is not None:
             logger.info("%s data: a stream of %s examples, read as training goes", name, task)
+    target = target_column
+    if target is None and task in ("causal-lm", "seq2seq") and not any(forms.values()):
+        target = find_column(next(iter(splits.values())), SUMMARY_COLUMNS) if splits else None
     return TaskData(train=train_set, eval=eval_set, collator=Collator(pad), task=task, num_labels=size,
-                    label_names=names)
+                    label_names=names, tokenizer=tokenizer, target_column=target)
 
 
 def _read_splits(train: Any, eval: Any, limit: int | None) -> dict[str, Any]:
@@ -267,7 +285,8 @@ def _from_text(
             eval_set = TokenizedDataset(examples["evaluation"])
         return train_set, eval_set, vocabulary
     examples, labels, _ = prepare_splits(task, splits, tokenizer, max_length, **options)
-    datasets_ = {n: TokenizedDataset(rows) for n, rows in examples.items()}
+    datasets_ = {n: rows if isinstance(rows, TokenizedDataset) else TokenizedDataset(rows)  # QA keeps its windows
+                 for n, rows in examples.items()}
     vocabulary = (labels.names, labels.num_labels) if labels is not None else (None, None)
     return datasets_.get("training"), datasets_.get("evaluation"), vocabulary
 

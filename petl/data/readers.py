@@ -24,6 +24,8 @@ from typing import Any
 
 import datasets
 
+from petl.data.clue import drop_no_gold_label
+from petl.data.qa import is_squad_file, squad_rows
 from petl.errors import DataError, DataFileError, UnknownFormatError, suggest
 
 __all__ = ["CONLL_SUFFIXES", "EVAL_SPLITS", "SUFFIXES", "read_conll", "read_dataset", "split_dataset_dict"]
@@ -222,9 +224,9 @@ def _read_file(path: Path) -> datasets.Dataset:
         )
     try:
         if suffix in TABLE_SUFFIXES:
-            return _read_table(path, sep="\t" if suffix == ".tsv" else ",")
+            return drop_no_gold_label(_read_table(path, sep="\t" if suffix == ".tsv" else ","), repr(str(path)))
         if suffix in JSON_SUFFIXES:
-            return _read_json(path)
+            return drop_no_gold_label(_read_json(path), repr(str(path)))  # OCNLI/SNLI pairs labelled "-"
         return read_conll(path)
     except DataFileError:
         raise
@@ -276,6 +278,8 @@ def _read_json(path: Path) -> datasets.Dataset:
                     f"Cannot parse line {number} of {str(path)!r} as JSON: {exc}. "
                     "Write one JSON object per line (JSON lines) or one JSON list of objects."
                 ) from exc
+    if is_squad_file(records):
+        records = squad_rows(records)  # SQuAD's data -> paragraphs -> qas: one row per question
     if isinstance(records, dict) and not any(isinstance(v, list) for v in records.values()):
         records = [records]  # a single object
     if isinstance(records, dict) and len(records) == 1:

@@ -5,6 +5,8 @@
   accuracy and macro F1 for sequence classification, entity-level (conlleval-style)
   precision / recall / F1 and tag accuracy for token classification, nothing for
   generative tasks (whose trainer reports ``perplexity = exp(mean token loss)``).
+  Question answering scores answer spans, so its evaluator needs the evaluation windows:
+  :class:`petl.metrics.qa.QuestionAnsweringEvaluator` (SQuAD v1.1 / CMRC 2018 exact match and F1).
 * :func:`evaluate_module_path` gives the folder of a metric module shipped with petl,
   for ``evaluate.load(str(path))``: ``evaluate.load("accuracy")`` downloads its
   script from the Hub, these load without a network.
@@ -86,6 +88,11 @@ def evaluator_for(task: str, label_names: Sequence[str] | None = None) -> TaskEv
                 'in id order, e.g. label_names=["O", "B-PER", "I-PER", ...], or use string tags in the data.'
             )
         return TokenClassificationEvaluator(label_names)
+    if task == "question-answering":
+        raise ConfigError(
+            "Question answering maps spans back to each question's context, so its evaluator needs the evaluation "
+            "windows: use petl.metrics.qa.QuestionAnsweringEvaluator.for_dataset(task_data.eval)."
+        )
     return NoMetricsEvaluator()
 
 

@@ -11,7 +11,10 @@ more), and language-modelling tasks also report its exponential:
 For causal LM the logits at position t predict the label at t + 1 (labels are the
 input ids with unlabelled positions set to -100; the shift happens here, as inside
 Hugging Face models). Sequence classification with a single output is regression
-and uses the squared error instead.
+and uses the squared error instead. Question answering has one loss per window,
+``(CE(start logits, start) + CE(end logits, end)) / 2`` over the window's own tokens
+(padding is masked out, so the value does not depend on how windows are batched), and its
+evaluator receives the start and end logits stacked as ``(batch, length, 2)``.
 
 With ``merged=True`` (``TrainConfig.merged_eval``, on by default) the loop runs inside the
 strategy's :meth:`~petl.core.strategy.Strategy.merged_for_inference`: a LoRA-family adapter
@@ -39,7 +42,7 @@ from torch import nn
 from petl.core.wrapping import is_wrapped, state_of
 from petl.errors import ConfigError, suggest
 from petl.metrics import TaskEvaluator, perplexity
-from petl.tasks import IGNORE_INDEX, LM_TASKS
+from petl.tasks import DEFAULT_METRIC, IGNORE_INDEX, LM_TASKS
 
 __all__ = [
     "BestTracker",
@@ -50,6 +53,7 @@ __all__ = [
     "inference_weights",
     "lower_is_better",
     "metric_key",
+    "resolve_metric",
 ]
 
 
@@ -65,6 +69,9 @@ def example_losses(task: str, logits: torch.Tensor, labels: torch.Tensor) -> tup
         Two float tensors of shape ``(batch,)``.
     """
     logits = logits.float()
+    if task == "question-answering":  # logits (batch, length, 2), labels (batch, 2): start and end positions
+        loss = sum(F.cross_entropy(logits[..., i], labels[:, i], reduction="none") for i in (0, 1)) / 2
+        return loss, torch.ones_like(loss)
     if task == "sequence-classification":
         if logits.shape[-1] == 1:  # a regression head
             loss = (logits.squeeze(-1) - labels.float()) ** 2
@@ -107,6 +114,7 @@ def evaluate(
     accelerator: Any,
     evaluator: TaskEvaluator | None,
     merged: bool = False,
+    generation: Any = None,
 ) -> dict[str, float]:
     """Evaluate ``model`` on ``loader`` (prepared by ``accelerator``); keys start with ``eval_``.
 
@@ -121,6 +129,8 @@ def evaluate(
         evaluator: Collects logits and labels for the task's metrics, or ``None`` for the loss only.
         merged: Run inside the strategy's ``merged_for_inference`` (``TrainConfig.merged_eval``):
             a LoRA-family adapter then costs nothing, and the weights are restored bit for bit.
+        generation: A :class:`~petl.training.generation.GenerationSettings`: also decode the
+            evaluation prompts and report ROUGE / exact match; ``None`` for none.
     """
     was_training = model.training
     model.eval()
@@ -129,8 +139,7 @@ def evaluate(
     try:
         with torch.no_grad(), inference_weights(model, merged=merged):
             for batch in loader:
-                logits = model(**batch).logits
-                labels = batch["labels"]
+                logits, labels = _logits_and_labels(task, model(**batch), batch)
                 sums, counts = example_losses(task, logits, labels)
                 sums, counts = accelerator.gather_for_metrics((sums, counts))
                 loss_sum += sums.double().sum().cpu()
@@ -141,6 +150,10 @@ def evaluate(
                         labels = accelerator.pad_across_processes(labels, dim=1, pad_index=IGNORE_INDEX)
                     logits, labels = accelerator.gather_for_metrics((logits.contiguous(), labels.contiguous()))
                     evaluator.add_batch(logits=logits.detach().float().cpu(), labels=labels.detach().cpu())
+            if generation is not None:  # inside the merged block: decoding is the costly part
+                from petl.training.generation import generation_metrics
+
+                generated = generation_metrics(model, loader.dataset, generation, task=task, accelerator=accelerator)
     finally:
         model.train(was_training)
     loss = float(loss_sum / count) if count > 0 else float("nan")
@@ -149,7 +162,19 @@ def evaluate(
         metrics["eval_perplexity"] = perplexity(loss)
     if evaluator is not None:
         metrics.update({f"eval_{k}": float(v) for k, v in evaluator.compute().items()})
+    if generation is not None:
+        metrics.update(generated)
     return metrics
+
+
+def _logits_and_labels(task: str, outputs: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits and labels of a batch; question answering stacks start and end: (batch, length, 2) and (batch, 2)."""
+    if task == "question-answering":  # padding is no candidate position: the loss does not depend on batching
+        logits = torch.stack((outputs.start_logits, outputs.end_logits), dim=-1).float()
+        if "attention_mask" in batch:
+            logits = logits.masked_fill(batch["attention_mask"][..., None] == 0, torch.finfo(logits.dtype).min)
+        return logits, torch.stack((batch["start_positions"], batch["end_positions"]), dim=-1)
+    return outputs.logits, batch["labels"]
 
 
 def metric_key(name: str) -> str:
@@ -157,7 +182,13 @@ def metric_key(name: str) -> str:
     return name if name.startswith("eval_") else f"eval_{name}"
 
 
-def check_metric_name(name: str, known: Sequence[str], task: str) -> None:
+def resolve_metric(name: str | None, task: str) -> str:
+    """The metric that picks the best checkpoint: ``name`` (``eval_``-prefixed), or the task's
+    own metric (:data:`petl.tasks.DEFAULT_METRIC`) when ``name`` is ``None``."""
+    return metric_key(name) if name is not None else DEFAULT_METRIC[task]
+
+
+def check_metric_name(name: str | None, known: Sequence[str], task: str) -> None:
     """Refuse a ``metric_for_best`` that the evaluation of ``task`` does not report.
 
     Args:
@@ -168,7 +199,7 @@ def check_metric_name(name: str, known: Sequence[str], task: str) -> None:
     Raises:
         ConfigError: ``name`` is not among ``known``; the message suggests the nearest one.
     """
-    key = metric_key(name)
+    key = resolve_metric(name, task)
     if key not in known:
         raise ConfigError(
             f"metric_for_best={name!r} (--metric-for-best) is not reported for the {task!r} task."

@@ -37,6 +37,7 @@ from petl.training.checkpoint import latest_checkpoint
 from petl.training.config import TrainConfig, default_learning_rate
 from petl.training.data import CheckedCollator, EpochOrder, is_stream
 from petl.training.evaluation import EvaluatorFactory
+from petl.training.generation import generation_settings
 from petl.training.launch import (
     cpu_processes,
     fsdp_without_device,
@@ -157,6 +158,8 @@ class Run:
     snapshot: ModelSnapshot
     enabled_checkpointing: bool
     enabled_input_grads: bool
+    generation: Any = None
+    """What the evaluation also generates and scores (:mod:`petl.training.generation`); ``None``: nothing."""
 
     def start_pass(self, epoch: int) -> None:
         """Fix the data order of ``epoch`` (a pass over a stream) before its batches are read."""
@@ -260,6 +263,12 @@ def _evaluation(
     data: Any, evaluator: EvaluatorFactory | None
 ) -> tuple[EvaluatorFactory | None, tuple[str, ...] | None]:
     """The evaluator factory and the metrics to check ``metric_for_best`` against (``None``: unknown)."""
+    if evaluator is None and data.task == "question-answering":  # needs the windows of the evaluation set
+        from petl.metrics.qa import QuestionAnsweringEvaluator
+
+        if data.eval is not None:
+            QuestionAnsweringEvaluator.for_dataset(data.eval)  # fail now, not at the first evaluation
+        return (lambda: QuestionAnsweringEvaluator.for_dataset(data.eval)), REPORTED_METRICS[data.task]
     if evaluator is None and data.task not in LM_TASKS:
         from petl.metrics import evaluator_for
 
@@ -294,10 +303,15 @@ def prepare_run(
     if config.packing:
         check_packing(model, data.task)  # a forward pass on tiny inputs; the model's modes are put back
     evaluator, known_metrics = _evaluation(data, evaluator)
+    generation = generation_settings(config, data)
+    if generation is not None and known_metrics is not None:
+        known_metrics = (*known_metrics, *generation.metric_names)
     snapshot = ModelSnapshot(model)
     flags = {"checkpointing": False, "input_grads": False}
     try:
-        return _build_run(model, data, config, output_dir, evaluator, known_metrics, snapshot, flags)
+        run = _build_run(model, data, config, output_dir, evaluator, known_metrics, snapshot, flags)
+        run.generation = generation
+        return run
     except BaseException:
         _undo_setup(model, snapshot, flags["checkpointing"], flags["input_grads"])
         raise
