@@ -15,7 +15,15 @@ import datasets
 
 from petl.errors import ColumnNotFoundError, ConfigError, DataError, LabelError, suggest
 
-__all__ = ["Labels", "class_names", "encode_labels", "find_column", "pick_column", "text_values"]
+__all__ = [
+    "MESSAGES_COLUMNS", "SUMMARY_COLUMNS", "Labels", "class_names", "encode_labels", "find_column",
+    "find_messages_column", "is_messages", "pick_column", "text_values",
+]
+
+SUMMARY_COLUMNS = ("summary", "summaries", "highlights", "abstract", "headline")
+"""Target columns that hold reference summaries: a generative evaluation scores them with ROUGE."""
+MESSAGES_COLUMNS = ("messages", "conversations", "conversation", "chat", "dialog")
+"""Columns tried, in order, for chat data: a list of ``{"role", "content"}`` dicts per row."""
 
 # ``dataset`` below is anything with ``column_names`` (and ``features`` for class names) that
 # returns a column's values for ``dataset[column]``: a ``datasets.Dataset``, or one batch of a
@@ -25,6 +33,25 @@ __all__ = ["Labels", "class_names", "encode_labels", "find_column", "pick_column
 def find_column(dataset: datasets.Dataset, candidates: Sequence[str]) -> str | None:
     """The first of ``candidates`` that ``dataset`` has, or ``None``."""
     return next((c for c in candidates if c in dataset.column_names), None)
+
+
+def is_messages(value: Any) -> bool:
+    """Whether ``value`` is one conversation: a non-empty list of dicts with ``role`` and ``content``."""
+    return (isinstance(value, (list, tuple)) and len(value) > 0
+            and all(isinstance(m, dict) and "role" in m and "content" in m for m in value))
+
+
+def find_messages_column(dataset: datasets.Dataset, chosen: str | None = None) -> str | None:
+    """The chat column: ``chosen`` (or else the first of :data:`MESSAGES_COLUMNS`) when its first row
+    is a conversation (:func:`is_messages`), else ``None``."""
+    names = [chosen] if chosen is not None else MESSAGES_COLUMNS
+    for name in names:
+        if name in dataset.column_names:
+            values = dataset[name]
+            first = next(iter(values), None)
+            if is_messages(first):
+                return name
+    return None
 
 
 def pick_column(

@@ -12,7 +12,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from petl.data import tokenize as _tokenize
-from petl.data.columns import Labels, class_names, encode_labels, find_column, pick_column, text_values
+from petl.data.columns import (
+    Labels,
+    class_names,
+    encode_labels,
+    find_column,
+    find_messages_column,
+    pick_column,
+    text_values,
+)
 from petl.errors import ColumnNotFoundError, DataError
 
 __all__ = ["COLUMN_OPTIONS", "prepare_splits"]
@@ -59,8 +67,15 @@ def prepare_splits(
         "token-classification": _token_classification,
         "causal-lm": _causal_lm,
         "seq2seq": _seq2seq,
+        "question-answering": _question_answering,
     }[task]
     return prepare(splits, tokenizer, max_length, offset=offset, **options)
+
+
+def _question_answering(splits: _Splits, tokenizer: Any, max_length: int, **options: Any) -> _Result:
+    from petl.data.qa import prepare_question_answering  # windows, offsets and span labels
+
+    return prepare_question_answering(splits, tokenizer, max_length, **options)
 
 
 def _first(splits: _Splits) -> tuple[str, Any]:
@@ -164,6 +179,11 @@ def _causal_lm(
     target_column: str | None, **_: Any,
 ) -> _Result:
     _, first = _first(splits)
+    chat = find_messages_column(first, text_column) if target_column is None else None
+    if chat is not None:  # conversations: the chat template, the loss on the assistant turns
+        from petl.data.chat import prepare_chat
+
+        return prepare_chat(splits, tokenizer, max_length, column=chat, offset=offset)
     target = target_column if target_column is not None else find_column(first, _COMPLETION)
     if target is None:  # plain text: loss on every token
         text = _columns(splits, text_column, _TEXT, role="text (or prompt + completion)", option="text_column")
