@@ -15,6 +15,8 @@ from xml.etree import ElementTree
 import pytest
 import tiny_models as T
 
+from petl.bench.report import PLOTS
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
@@ -68,17 +70,18 @@ def test_custom_strategy_plugin_installs_and_passes_conformance(tmp_path: Path) 
     )
     pythonpath = os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])
     out = _run([str(EXAMPLES / "custom_strategy" / "demo.py")], tmp_path, PYTHONPATH=pythonpath)
-    assert "ia3" in out.split("registered strategies:")[1].splitlines()[0]
+    assert "ia3_hooks" in out.split("registered strategies:")[1].splitlines()[0]
     assert "merged back into a plain BertForSequenceClassification" in out
     report = tmp_path / "conformance.xml"
     conformance = _run(
-        ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_conformance.py"), "-k", "ia3",
+        ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_conformance.py"), "-k", "ia3_hooks",
          f"--junitxml={report}"],
         tmp_path, PYTHONPATH=pythonpath,
     )
     # Every lifecycle and merge case of the table, and the check that some model is supported.
-    expected = {f"{test}[ia3-{arch}-{head}]" for test in ("test_lifecycle", "test_merge") for arch, head in T.CASES}
-    expected.add("test_every_strategy_supports_some_model[ia3]")
+    expected = {f"{test}[ia3_hooks-{arch}-{head}]"
+                for test in ("test_lifecycle", "test_merge") for arch, head in T.CASES}
+    expected.add("test_every_strategy_supports_some_model[ia3_hooks]")
     assert len(expected) == 2 * len(T.CASES) + 1
     suite = ElementTree.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -114,7 +117,7 @@ def test_compare_strategies_notebook_runs_headless(tmp_path: Path) -> None:
     table = next(o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
     for strategy in ("full", "lora", "adalora", "prefix", "bottleneck"):
         assert f"| {strategy} |" in table
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == len(PLOTS)
 
 
 def test_committed_notebook_holds_a_real_run() -> None:
@@ -124,3 +127,17 @@ def test_committed_notebook_holds_a_real_run() -> None:
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     table = next(o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
     assert "800 training, 300 evaluation examples" in table, "the committed outputs must come from the full default"
+
+
+def test_chinese_classification_runs_lora_on_a_tiny_gemma3(tmp_path: Path) -> None:
+    out = _run([str(EXAMPLES / "chinese_classification.py"), "--quick", "--output", str(tmp_path)], tmp_path)
+    assert "model: Gemma3TextForSequenceClassification" in out and "dev accuracy" in out and "after 3 steps" in out
+    assert "predictions: [" in out and ("Positive" in out.split("predictions:")[1] or "Negative" in out)
+
+
+def test_chat_smollm2_trains_on_assistant_turns_and_replies(tmp_path: Path) -> None:
+    if not (ROOT.parent / "shared" / "data" / "oasst").is_dir():
+        pytest.skip("the OpenAssistant data (../shared/data/oasst) is absent")
+    out = _run([str(EXAMPLES / "chat_smollm2.py"), "--quick", "--output", str(tmp_path)], tmp_path)
+    assert "split by tree id" in out and "held-out loss on assistant turns" in out
+    assert out.count("before:") == 1 and out.count("after:") == 1
