@@ -171,3 +171,13 @@ def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _is_seq2seq(model: nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def perturb_trainable(model: nn.Module, seed: int = 3, scale: float = 0.05) -> nn.Module:
+    """Add seeded noise to every trainable tensor, as training would (a fresh adapter is often zero)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * scale)
+    return model

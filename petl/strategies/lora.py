@@ -35,7 +35,7 @@ from petl.core.config import StrategyConfig
 from petl.core.registry import register
 from petl.errors import ConfigError, PetlError, suggest
 from petl.strategies import peft_adapters
-from petl.strategies.peft_bridge import ADAPTER_NAME, PEFT_PREFIX, PeftTunerStrategy, same
+from petl.strategies.peft_bridge import ADAPTER_NAME, PEFT_PREFIX, PeftTunerStrategy, carries_peft, same
 from petl.strategies.peft_bridge import strip_peft as _strip_peft
 
 __all__ = ["ADAPTER_NAME", "PEFT_PREFIX", "LoraConfig", "LoraStrategy"]
@@ -205,10 +205,7 @@ class LoraStrategy(PeftTunerStrategy):
 
     def inject(self, model: nn.Module) -> None:
         if hasattr(model, "peft_config") and (self._join is None or model.peft_config is not self._join.peft_config):
-            raise PetlError(
-                f"This {type(model).__name__} already carries peft adapters (it has a `peft_config`). "
-                "Pass the plain base model, or call merge_and_unload() on the peft model first."
-            )
+            raise carries_peft(model)
         config = self.peft_config(model)
         existing = {id(module) for module in model.modules()}
         try:

@@ -46,8 +46,8 @@ from petl.modeling.layers import linear_layer_names
 from petl.strategies.peft_merge import merged_peft_layers
 from petl.tasks import PEFT_TASK_TYPES, task_of_model
 
-__all__ = ["ADAPTER_NAME", "PEFT_METADATA", "PEFT_PREFIX", "PeftTunerStrategy", "is_unset", "json_default",
-           "peft_defaults", "peft_heads", "peft_targets", "same", "strip_peft"]
+__all__ = ["ADAPTER_NAME", "PEFT_METADATA", "PEFT_PREFIX", "PeftTunerStrategy", "carries_peft", "is_unset",
+           "json_default", "peft_defaults", "peft_heads", "peft_targets", "same", "strip_peft"]
 
 ADAPTER_NAME = "default"
 PEFT_PREFIX = "base_model.model."
@@ -158,10 +158,7 @@ class PeftTunerStrategy(StrategyBase):
 
     def inject(self, model: nn.Module) -> None:
         if hasattr(model, "peft_config"):
-            raise PetlError(
-                f"This {type(model).__name__} already carries peft adapters (it has a `peft_config`). "
-                "Pass the plain base model, or call merge_and_unload() on the peft model first."
-            )
+            raise carries_peft(model)
         config = self.peft_config(model)
         existing = {id(module) for module in model.modules()}
         try:
@@ -317,6 +314,14 @@ def peft_defaults(config_class: type) -> dict[str, Any]:
         elif field.default_factory is not dataclasses.MISSING:
             defaults[field.name] = field.default_factory()
     return defaults
+
+
+def carries_peft(model: nn.Module) -> PetlError:
+    """The error for a model that holds peft adapters already (it has a ``peft_config``)."""
+    return PetlError(
+        f"This {type(model).__name__} already carries peft adapters (it has a `peft_config`). "
+        "Pass the plain base model, or call merge_and_unload() on the peft model first."
+    )
 
 
 def strip_peft(model: nn.Module) -> None:

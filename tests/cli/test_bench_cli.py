@@ -25,6 +25,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tiny_toml(folder: Path, model_dir: Path) -> Path:
+    """A one-row (LoRA r=2) benchmark config on the tiny model, one step per run."""
+    path = folder / "tiny.toml"
+    path.write_text(f'name = "tiny"\ndevice = "cpu"\n[model]\nname = "{model_dir}"\n'
+                    '[data]\ntrain_examples = 16\neval_examples = 8\nmax_length = 24\n'
+                    '[train]\nmax_steps = 1\nbatch_size = 4\n[timing]\nwarmup_steps = 1\nsteps = 1\nbatches = 1\n'
+                    '[[strategies]]\nname = "lora"\noptions = { r = 2 }\n', encoding="utf-8")
+    return path
+
+
 def test_bench_arguments() -> None:
     args = _parser().parse_args(["bench"])
     assert args.config is None and args.handler is bench_cli.run
@@ -108,11 +118,7 @@ def test_bench_command_runs_and_writes_files(
         return json.loads(json.dumps(worker.run_job(job)))
 
     monkeypatch.setattr(runner, "_spawn", in_process)
-    path = tmp_path / "tiny.toml"
-    path.write_text(f'name = "tiny"\ndevice = "cpu"\n[model]\nname = "{tiny_model_dir}"\n'
-                    '[data]\ntrain_examples = 16\neval_examples = 8\nmax_length = 24\n'
-                    '[train]\nmax_steps = 1\nbatch_size = 4\n[timing]\nwarmup_steps = 1\nsteps = 1\nbatches = 1\n'
-                    '[[strategies]]\nname = "lora"\noptions = { r = 2 }\n', encoding="utf-8")
+    path = _tiny_toml(tmp_path, tiny_model_dir)
     out = tmp_path / "run"
     args = _parser().parse_args(["bench", str(path), "--output", str(out), "--no-progress", "--no-plots"])
     assert bench_cli.run(args) == 0
@@ -128,11 +134,7 @@ def test_bench_records_strategies_bridged_from_peft(
     # `--strategies` may name any registered strategy, not only the config's rows: each gets a row
     # with its defaults and is measured and saved like LoRA.
     monkeypatch.setattr(runner, "_spawn", lambda job, work, name, device: json.loads(json.dumps(worker.run_job(job))))
-    path = tmp_path / "tiny.toml"
-    path.write_text(f'name = "tiny"\ndevice = "cpu"\n[model]\nname = "{tiny_model_dir}"\n'
-                    '[data]\ntrain_examples = 16\neval_examples = 8\nmax_length = 24\n'
-                    '[train]\nmax_steps = 1\nbatch_size = 4\n[timing]\nwarmup_steps = 1\nsteps = 1\nbatches = 1\n'
-                    '[[strategies]]\nname = "lora"\noptions = { r = 2 }\n', encoding="utf-8")
+    path = _tiny_toml(tmp_path, tiny_model_dir)
     out = tmp_path / "run"
     args = _parser().parse_args(["bench", str(path), "--output", str(out), "--no-progress", "--no-plots",
                                  "--strategies", "full,lora,loha,ia3,vera"])

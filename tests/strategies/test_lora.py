@@ -247,12 +247,7 @@ def test_adalora_trains_step_for_step_like_peft() -> None:
 
 
 def _randomise_adapter(model: nn.Module, seed: int = 5) -> nn.Module:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.05)
-    return model
+    return T.perturb_trainable(model, seed)
 
 
 def test_dora_is_the_identity_at_init_and_saves_and_loads_exactly(tmp_path) -> None:

@@ -25,13 +25,7 @@ ARCH, HEAD = "bert", "seq-cls"
 
 
 def _trained(model: torch.nn.Module, seed: int = 3) -> torch.nn.Module:
-    """Give every trainable tensor random values, as training would (a fresh adapter is often zero)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.05)
-    return model
+    return T.perturb_trainable(model, seed)
 
 
 def test_at_least_15_strategies_and_every_peft_type_is_accounted_for() -> None:
