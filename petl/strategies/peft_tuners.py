@@ -180,11 +180,30 @@ class PeftTunerConfig(StrategyConfig):
             raise
         except (ValueError, TypeError, AssertionError) as exc:
             raise ConfigError(f"peft refuses these options of the {self.strategy!r} strategy: {exc}") from exc
+        _check_combination(self)
 
     def peft_kwargs(self) -> dict[str, Any]:
         """The options as peft's config takes them (tuples as lists), ``modules_to_save`` aside."""
         return {field.name: list(value) if isinstance(value := getattr(self, field.name), tuple) else value
                 for field in dataclasses.fields(self) if field.name != "modules_to_save"}
+
+
+def _check_combination(config: PeftTunerConfig) -> None:
+    """Refuse option combinations that peft accepts but that break the model.
+
+    HRA's symmetric initialisation (``init_weights=True`` with an even ``r``) repeats every
+    Householder vector twice so that the reflections cancel; Gram-Schmidt (``apply_GS=True``)
+    then reduces each repeat to a zero vector and divides by its norm, so the outputs are NaN
+    (or, when rounding leaves a residue, a random rotation of the model). peft 0.21 does not check.
+    """
+    options = config.peft_kwargs()
+    if (config.strategy == "hra" and options.get("apply_GS") and options.get("init_weights")
+            and options.get("r", 0) % 2 == 0):
+        raise ConfigError(
+            f"hra with apply_GS=True and init_weights=True needs an odd r, got r={options['r']}: the symmetric "
+            "initialisation repeats each vector, Gram-Schmidt turns the repeats into zero vectors, and the "
+            "outputs become NaN. Use an odd r, set init_weights=False, or leave apply_GS=False."
+        )
 
 
 class _BridgedStrategy(PeftTunerStrategy):

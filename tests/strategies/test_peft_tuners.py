@@ -75,6 +75,22 @@ def test_bad_options_are_config_errors_before_the_model_is_touched() -> None:
         registry.get("ia3").config_class.from_dict({"task_type": "SEQ_CLS"})
 
 
+def test_hra_gram_schmidt_on_the_symmetric_init_is_refused_and_odd_r_trains_finite() -> None:
+    # peft's symmetric init repeats each Householder vector, so Gram-Schmidt meets zero vectors.
+    peft_model = peft.get_peft_model(T.build(ARCH, HEAD), peft.HRAConfig(r=4, target_modules=["query"]))
+    u = next(m.hra_u["default"] for m in peft_model.modules() if hasattr(m, "hra_u"))
+    assert torch.equal(u[:, 0::2], u[:, 1::2])
+    model = T.build(ARCH, HEAD)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"apply_GS=True and init_weights=True needs an odd r, got r=8"):
+        petl.wrap(model, "hra", apply_GS=True)
+    assert not is_wrapped(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for options in ({"apply_GS": True, "r": 3}, {"apply_GS": True, "init_weights": False}):
+        wrapped = petl.wrap(T.build(ARCH, HEAD), "hra", **options)
+        assert torch.isfinite(T.logits(wrapped, T.inputs(ARCH, HEAD))).all(), options
+
+
 @pytest.mark.parametrize("name", ["loha", "ia3", "oft", "vera"])
 def test_save_loads_with_peft_and_petl_exactly(name: str, tmp_path: Path) -> None:
     batch = T.inputs(ARCH, HEAD)
