@@ -146,6 +146,9 @@ def markdown(result: BenchResult) -> str:
     elif data:
         lines.append(f"* data: {data.get('train')} ({data.get('train_examples')} examples), evaluated on "
                      f"{data.get('eval')} ({data.get('eval_examples')} examples), max length {data.get('max_length')}.")
+    if "group_by_length" in data:
+        lines.append("* batches: " + ("length-grouped (`[train] group_by_length = true`)." if data["group_by_length"]
+                                      else "uniformly random (length grouping off)."))
     for row in result.rows:
         if row.error:
             lines.append(f"* {row.label} failed: {row.error.splitlines()[0]}")

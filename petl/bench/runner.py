@@ -70,7 +70,8 @@ def _spawn(job: dict[str, Any], work: Path, name: str, device: str) -> dict[str,
 def _data_facts(config: BenchConfig) -> dict[str, Any]:
     facts: dict[str, Any] = {"source": "synthetic" if config.data.synthetic else "files",
                              "train": config.data.train, "eval": config.data.eval,
-                             "max_length": config.data.max_length}
+                             "max_length": config.data.max_length,
+                             "group_by_length": config.train.group_by_length}
     if config.data.synthetic:
         from petl.bench.synthetic import bag_of_words_accuracy, make_splits
 

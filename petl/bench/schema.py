@@ -137,9 +137,14 @@ class TrainSpec:
     """``"no"``, ``"bf16"`` or ``"fp16"`` (GPU); rows may override it."""
     optimizer: str = "adamw"
     """``"adamw"`` or ``"adamw8bit"`` (bitsandbytes); rows may override it."""
+    group_by_length: bool = False
+    """Length-grouped training batches (``TrainConfig.group_by_length``): about 2x faster on
+    SST-2 with the same accuracy, but off by default because on other data it changes the
+    result (see the trainer's option); the reported runs and the search trials alike."""
 
     def __post_init__(self) -> None:
         v.check_positive_int("[train] epochs", self.epochs)
+        v.check_bool("[train] group_by_length", self.group_by_length)
         v.check_positive_int("[train] max_steps", self.max_steps, allow_none=True)
         v.check_positive_int("[train] batch_size", self.batch_size)
         _learning_rate("[train] learning_rate", self.learning_rate)

@@ -316,6 +316,7 @@ def trial_job(job: dict[str, Any]) -> dict[str, Any]:
         epochs=epochs, max_steps=max_steps, batch_size=config.train.batch_size,
         learning_rate=settings["learning_rate"], mixed_precision=settings["mixed_precision"],
         optimizer=settings["optimizer"], seed=seed, metric_for_best=metric, eval_steps=every,
+        group_by_length=config.train.group_by_length,
         load_best_at_end=False, progress_bar=bool(job.get("progress", False)), logging_steps=10_000,
     )
     facts = {"validation_examples": len(data.eval), "train_examples": len(data.train)}

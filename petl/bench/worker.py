@@ -58,6 +58,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
         epochs=config.train.epochs, max_steps=config.train.max_steps, batch_size=config.train.batch_size,
         learning_rate=settings["learning_rate"], mixed_precision=settings["mixed_precision"],
         optimizer=settings["optimizer"], seed=seed, metric_for_best=config.metric_name,
+        group_by_length=config.train.group_by_length,
         load_best_at_end=False,  # report the final evaluation: no model selection on the evaluation set
         progress_bar=bool(job.get("progress", True)), logging_steps=10_000,
     )

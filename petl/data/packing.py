@@ -152,7 +152,7 @@ def check_packing(model: nn.Module, task: str) -> None:
         raise ConfigError(
             f"packing=True packs causal-LM examples, but the task is {task!r}: its models (encoders, "
             "encoder-decoders, classification heads) read each example as a whole. Train with packing=False; "
-            "group_by_length (on by default for sequence classification) removes most of the padding."
+            "group_by_length=True removes most of the padding."
         )
     if "position_ids" not in inspect.signature(model.forward).parameters:
         raise _packing_error(model, "takes no position_ids to restart positions at each example")

@@ -369,7 +369,7 @@ def _build_run(
     check_labels = None  # the number of classes the head can output
     if data.task in CLASSIFICATION_TASKS:
         check_labels = getattr(getattr(model, "config", None), "num_labels", None) or data.num_labels
-    sampler = training_order(data.train, config, accelerator.num_processes, data.task)  # None: a stream
+    sampler = training_order(data.train, config, accelerator.num_processes)  # None: a stream
     # Own generators: creating a loader iterator must not draw from the global RNG (dropout uses it).
     train_loader = DataLoader(
         data.train, sampler=sampler, batch_size=config.batch_size,

@@ -151,22 +151,22 @@ def test_without_grouping_the_order_is_the_random_one_of_earlier_releases() -> N
 
 def test_which_data_is_grouped() -> None:
     data = task_data("sequence-classification", n_train=40)
-    assert isinstance(training_order(data.train, TrainConfig()), LengthGroupedOrder)  # on by default
-    assert type(training_order(data.train, TrainConfig(packing=True))) is EpochOrder  # packing removes the padding
-    # Token-level losses average over a batch's tokens: grouped only when asked for.
-    for task in ("token-classification", "causal-lm", "seq2seq"):
+    # Off unless asked for, for every task: grouping changes which examples share a step.
+    for task in ("sequence-classification", "token-classification", "causal-lm", "seq2seq"):
         rows = task_data(task, n_train=40).train
-        assert type(training_order(rows, TrainConfig(), task=task)) is EpochOrder
-        assert isinstance(training_order(rows, TrainConfig(group_by_length=True), task=task), LengthGroupedOrder)
-    with pytest.raises(ConfigError, match="group_by_length must be True, False or None"):
+        assert type(training_order(rows, TrainConfig())) is EpochOrder
+        assert isinstance(training_order(rows, TrainConfig(group_by_length=True)), LengthGroupedOrder)
+    grouped = TrainConfig(group_by_length=True)
+    assert type(training_order(data.train, grouped.replace(packing=True))) is EpochOrder  # packing removes the padding
+    with pytest.raises(ConfigError, match="group_by_length must be True or False"):
         TrainConfig(group_by_length="yes")
     unmeasurable = [{"features": [1.0, 2.0], "labels": 0}] * 5
-    assert example_lengths(unmeasurable) is None and type(training_order(unmeasurable, TrainConfig())) is EpochOrder
+    assert example_lengths(unmeasurable) is None and type(training_order(unmeasurable, grouped)) is EpochOrder
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self) -> Any:
             return iter([{"input_ids": [1, 2]}])
 
-    assert training_order(Stream(), TrainConfig()) is None  # a stream has no lengths to sort by
+    assert training_order(Stream(), grouped) is None  # a stream has no lengths to sort by
 
 
 def test_evaluation_reads_its_set_longest_first() -> None:
@@ -220,7 +220,7 @@ def test_a_grouped_run_resumes_mid_epoch_bit_for_bit(tmp_path: Path) -> None:
     # A checkpoint every 5 steps lands inside the first epoch; the interruption inside step 7's accumulation.
     data = _varied_data()
     config = TrainConfig(max_steps=12, batch_size=4, gradient_accumulation_steps=2, eval_steps=4, save_steps=5,
-                         learning_rate=1e-2, progress_bar=False)
+                         learning_rate=1e-2, progress_bar=False, group_by_length=True)
     straight = _model()
     expected = train(straight, data, config=config.replace(output_dir=str(tmp_path / "straight")))
     random_order = train(_model(), data, config=config.replace(group_by_length=False))
