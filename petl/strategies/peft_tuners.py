@@ -67,7 +67,7 @@ import dataclasses
 import importlib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -97,6 +97,21 @@ class Tuner(NamedTuple):
     """Saves tensors that do not train (VeRA's and RandLoRA's random bases, SHiRA's mask indices)."""
     four_bit: bool = True
     """Trains on a bitsandbytes 4-bit base (its layers compute from the base layer's output, not its weight)."""
+    check: Callable[[dict[str, Any]], None] | None = None
+    """Refuses (``ConfigError``) option combinations that peft accepts but that break the model."""
+
+
+def _check_hra(options: dict[str, Any]) -> None:
+    """HRA's symmetric initialisation (``init_weights=True`` with an even ``r``) repeats every
+    Householder vector twice so that the reflections cancel; Gram-Schmidt (``apply_GS=True``)
+    then reduces each repeat to a zero vector and divides by its norm, so the outputs are NaN
+    (or, when rounding leaves a residue, a random rotation of the model). peft 0.21 does not check."""
+    if options.get("apply_GS") and options.get("init_weights") and options.get("r", 0) % 2 == 0:
+        raise ConfigError(
+            f"hra with apply_GS=True and init_weights=True needs an odd r, got r={options['r']}: the symmetric "
+            "initialisation repeats each vector, Gram-Schmidt turns the repeats into zero vectors, and the "
+            "outputs become NaN. Use an odd r, set init_weights=False, or leave apply_GS=False."
+        )
 
 
 TUNERS: dict[str, Tuner] = {
@@ -108,7 +123,7 @@ TUNERS: dict[str, Tuner] = {
     "oft": Tuner("OFT", "OFT: a block-diagonal orthogonal rotation of each weight (Qiu et al. 2023), on peft."),
     "boft": Tuner("BOFT", "BOFT: orthogonal fine-tuning with butterfly factors (Liu et al. 2024), on peft."),
     "hra": Tuner("HRA", "HRA: a chain of Householder reflections of each weight (Yuan et al. 2024), on peft.",
-                 four_bit=False),
+                 four_bit=False, check=_check_hra),
     "vera": Tuner("VERA", "VeRA: frozen shared random projections with trained scaling vectors "
                   "(Kopiczko et al. 2024), on peft.", saves_frozen=True),
     "fourierft": Tuner("FOURIERFT", "FourierFT: a weight update from a few trained Fourier coefficients "
@@ -158,6 +173,7 @@ class PeftTunerConfig(StrategyConfig):
     """The base of every generated config: values checked against peft's types, then by peft."""
 
     peft_config_class: ClassVar[type]
+    tuner: ClassVar[Tuner]
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -180,30 +196,13 @@ class PeftTunerConfig(StrategyConfig):
             raise
         except (ValueError, TypeError, AssertionError) as exc:
             raise ConfigError(f"peft refuses these options of the {self.strategy!r} strategy: {exc}") from exc
-        _check_combination(self)
+        if self.tuner.check is not None:
+            self.tuner.check(self.peft_kwargs())
 
     def peft_kwargs(self) -> dict[str, Any]:
         """The options as peft's config takes them (tuples as lists), ``modules_to_save`` aside."""
         return {field.name: list(value) if isinstance(value := getattr(self, field.name), tuple) else value
                 for field in dataclasses.fields(self) if field.name != "modules_to_save"}
-
-
-def _check_combination(config: PeftTunerConfig) -> None:
-    """Refuse option combinations that peft accepts but that break the model.
-
-    HRA's symmetric initialisation (``init_weights=True`` with an even ``r``) repeats every
-    Householder vector twice so that the reflections cancel; Gram-Schmidt (``apply_GS=True``)
-    then reduces each repeat to a zero vector and divides by its norm, so the outputs are NaN
-    (or, when rounding leaves a residue, a random rotation of the model). peft 0.21 does not check.
-    """
-    options = config.peft_kwargs()
-    if (config.strategy == "hra" and options.get("apply_GS") and options.get("init_weights")
-            and options.get("r", 0) % 2 == 0):
-        raise ConfigError(
-            f"hra with apply_GS=True and init_weights=True needs an odd r, got r={options['r']}: the symmetric "
-            "initialisation repeats each vector, Gram-Schmidt turns the repeats into zero vectors, and the "
-            "outputs become NaN. Use an odd r, set init_weights=False, or leave apply_GS=False."
-        )
 
 
 class _BridgedStrategy(PeftTunerStrategy):
@@ -289,7 +288,7 @@ def _show(hint: Any) -> str:
     return getattr(hint, "__name__", None) if origin is None else str(hint).replace("typing.", "")
 
 
-def _config_class(name: str, peft_config_class: type) -> type[PeftTunerConfig]:
+def _config_class(name: str, peft_config_class: type, tuner: Tuner) -> type[PeftTunerConfig]:
     """A petl config class with peft's fields (names, types, defaults and help)."""
     hints = _hints(peft_config_class)
     fields: list[tuple[str, Any, Any]] = []
@@ -308,7 +307,7 @@ def _config_class(name: str, peft_config_class: type) -> type[PeftTunerConfig]:
     doc = f"Options of the {name!r} strategy: peft's {peft_config_class.__name__} fields.\n\n" + "\n".join(lines)
     cls = dataclasses.make_dataclass(
         peft_config_class.__name__, fields, bases=(PeftTunerConfig,), frozen=True, kw_only=True,
-        namespace={"peft_config_class": peft_config_class, "__doc__": doc},
+        namespace={"peft_config_class": peft_config_class, "tuner": tuner, "__doc__": doc},
     )
     cls.__module__ = __name__
     return cls
@@ -330,7 +329,7 @@ def strategy_class(name: str, tuner: Tuner) -> type[PeftTunerStrategy]:
     peft_type = peft.PeftType(tuner.peft_type)
     peft_config_class = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
     tuner_class = PEFT_TYPE_TO_TUNER_MAPPING[peft_type]
-    config_class = _config_class(name, peft_config_class)
+    config_class = _config_class(name, peft_config_class, tuner)
     options = [f.name for f in dataclasses.fields(config_class) if f.name not in ("modules_to_save", "target_modules")]
     namespace = {
         "__doc__": f"{tuner.description}\n\nInjects peft's {tuner_class.__name__} layers in place; see "
