@@ -23,7 +23,7 @@ from typing import Any
 
 from petl.bench.environment import environment_section
 from petl.bench.results import BenchResult, StrategyResult
-from petl.bench.verdict import pareto_plot, search_section, uncertainty_section
+from petl.bench.verdict import pareto_plot, search_section, stall_note, uncertainty_section
 from petl.files import atomic_write_text
 
 __all__ = ["CSV_COLUMNS", "PLOTS", "format_table", "markdown", "write_reports"]
@@ -37,7 +37,8 @@ CSV_COLUMNS = (
     "memory_kind", "memory_after_load_mib", "peak_memory_mib", "train_memory_mib",
     "step_time_ms", "step_time_ms_min", "step_time_ms_max", "timed_steps", "throughput", "step_time_ratio",
     "metric", "metric_mean", "metric_std", "metric_min", "metric_max", "metric_values", "eval_loss_mean",
-    "seeds", "adapter_bytes", "global_steps", "train_time_s", "wall_time_s", "error",
+    "constant_metric", "stalled_seeds", "seeds", "adapter_bytes", "global_steps", "train_time_s", "wall_time_s",
+    "error",
 )
 TABLE_HEADERS = (
     "strategy", "trainable", "share %", "vs full", "metric", "peak MiB", "train MiB", "step ms", "ex/s",
@@ -95,6 +96,12 @@ def _metric_title(result: BenchResult) -> str:
     return f"{metric}{' (%)' if percent else ''}, mean ± std over {len(result.config.get('seeds', []))} seed(s)"
 
 
+def _unsaid_stall(result: BenchResult, row: StrategyResult) -> bool:
+    """Whether ``row`` has seeds that did not learn which the verdict does not already name."""
+    note = stall_note(row)
+    return note is not None and note not in (result.verdict or "")
+
+
 def format_table(result: BenchResult) -> str:
     """A fixed-width text table of the results, for the terminal."""
     rows = [list(TABLE_HEADERS)] + table_rows(result)
@@ -104,6 +111,7 @@ def format_table(result: BenchResult) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"metric: {_metric_title(result)}"] + ([f"verdict: {result.verdict}"] if result.verdict else [])
     notes += [f"{r.label}: ERROR {r.error.splitlines()[0]}" for r in result.rows if r.error]
+    notes += [stall_note(r) for r in result.rows if _unsaid_stall(result, r)]
     return "\n".join(lines + [""] + notes)
 
 
@@ -152,6 +160,8 @@ def markdown(result: BenchResult) -> str:
     for row in result.rows:
         if row.error:
             lines.append(f"* {row.label} failed: {row.error.splitlines()[0]}")
+        if _unsaid_stall(result, row):
+            lines.append(f"* {stall_note(row)}.")
     for row in result.rows:  # every evaluation metric, e.g. exact match next to question answering's F1
         if row.eval_means:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in row.eval_means.items())

@@ -10,6 +10,10 @@ For a row with trainable parameters ``P_t`` out of ``P`` and full fine-tuning's
 The task metric ``m_s`` of each seed ``s`` (from ``petl.train``'s final evaluation)
 is reported as its mean, sample standard deviation (``None`` with one seed), minimum
 and maximum. Memory is that of the seed whose run peaked highest.
+
+A seed whose accuracy is no better than always predicting the most frequent evaluation
+label is *stalled*: it did not learn the task. The report and the verdict name such seeds,
+since their number measures a failed run, not the strategy at a working setting.
 """
 
 from __future__ import annotations
@@ -77,6 +81,11 @@ class StrategyResult:
     """The 95% interval of that paired difference (``None``: fewer than two shared seeds)."""
     indistinguishable: bool | None = None
     """Whether ``diff_ci`` contains 0: these runs cannot tell the row from full fine-tuning."""
+    constant_metric: float | None = None
+    """What always predicting the most frequent evaluation label scores (accuracy of sequence
+    classification; ``None`` elsewhere)."""
+    stalled_seeds: list[int] = field(default_factory=list)
+    """The seeds whose metric is no better than ``constant_metric``: runs that did not learn the task."""
     checkpoint: str | None = None
     """Which weights were evaluated: ``"last"`` (the evaluation set picks no checkpoint)."""
     search: dict[str, Any] | None = None
@@ -170,6 +179,8 @@ def _spread(values: list[float]) -> dict[str, float | None]:
 
 def aggregate(row: StrategyResult, runs: list[dict[str, Any]], seeds: list[int], metric: str) -> None:
     """Fill ``row`` from the per-seed worker results ``runs`` (in seed order)."""
+    from petl.bench.stats import stalled_seeds
+
     ok = [(seed, run) for seed, run in zip(seeds, runs, strict=True) if "error" not in run]
     failed = [f"seed {seed}: {run['error']}" for seed, run in zip(seeds, runs, strict=True) if "error" in run]
     if failed:
@@ -196,6 +207,10 @@ def aggregate(row: StrategyResult, runs: list[dict[str, Any]], seeds: list[int],
     row.metric_mean, row.metric_std, row.metric_min, row.metric_max = (
         spread["mean"], spread["std"], spread["min"], spread["max"]
     )
+    scored = [(seed, run) for seed, run in ok if metric in run["metrics"]]
+    row.constant_metric = first.get("constant_metric")
+    row.stalled_seeds = stalled_seeds([run["metrics"][metric] for _, run in scored], [seed for seed, _ in scored],
+                                      row.constant_metric, first.get("eval_examples"))
     losses = [run["metrics"]["eval_loss"] for _, run in ok if "eval_loss" in run["metrics"]]
     row.eval_loss_mean = statistics.fmean(losses) if losses else None
     row.eval_means = {key: statistics.fmean(run["metrics"][key] for _, run in ok)

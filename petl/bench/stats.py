@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Interval", "mean_interval", "paired_difference", "t_cdf", "t_quantile"]
+__all__ = ["Interval", "majority_share", "mean_interval", "paired_difference", "stalled_seeds", "t_cdf", "t_quantile"]
 
 LEVEL = 0.95
 
@@ -132,3 +132,30 @@ def paired_difference(values: Sequence[float], seeds: Sequence[int], baseline: S
     theirs = dict(zip(baseline_seeds, baseline, strict=True))
     common = [seed for seed in seeds if seed in theirs]
     return mean_interval([ours[s] - theirs[s] for s in common], level)
+
+
+def majority_share(labels: Sequence[Any]) -> float | None:
+    """The accuracy of always predicting the most frequent label: the share of ``labels`` equal to it.
+
+    ``None`` for no labels or labels that are not one class per example (lists, as in
+    token classification): there the constant predictor has no single accuracy."""
+    if not labels or not all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
+        return None
+    counts: dict[int, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return max(counts.values()) / len(labels)
+
+
+def stalled_seeds(values: Sequence[float], seeds: Sequence[int], baseline: float | None,
+                  examples: int | None = None) -> list[int]:
+    """The seeds whose metric is no better than ``baseline``, what a constant prediction scores.
+
+    Such a run did not learn the task (it collapsed onto one class, typically from a learning
+    rate at the edge of stability); its number says nothing about the strategy's quality at a
+    working setting. ``examples`` (the evaluation set's size) allows half an example of slack
+    for rounding; without it the comparison is exact up to 1e-9."""
+    if baseline is None:
+        return []
+    slack = 0.5 / examples if examples else 1e-9
+    return [seed for seed, value in zip(seeds, values, strict=True) if value <= baseline + slack]

@@ -8,7 +8,9 @@ loss; "within" means at most that much worse), the one with the lowest peak memo
     (84.86 vs 86.24, -1.38 points, 95% CI -2.1 to -0.7; 1,552 MiB vs 1,810 MiB)."
 
 It says so when no strategy is within the tolerance, and when the paired difference
-from full fine-tuning cannot be told apart from noise (its interval contains 0).
+from full fine-tuning cannot be told apart from noise (its interval contains 0). Rows
+with a seed that did not learn (no better than a constant prediction, see
+:func:`stall_note`) are named after the sentence: their mean counts a failed run.
 
 Pareto front: a row is dominated on a cost (trainable parameters, peak memory, step time)
 when another row has a metric at least as good and a cost at most as high, one of the
@@ -21,7 +23,7 @@ from petl.bench.results import BenchResult, StrategyResult
 from petl.training.evaluation import lower_is_better
 
 __all__ = [
-    "COSTS", "dominated", "pareto_plot", "points", "search_section", "uncertainty_section", "verdict",
+    "COSTS", "dominated", "pareto_plot", "points", "search_section", "stall_note", "uncertainty_section", "verdict",
 ]
 
 COSTS = {"trainable_params": "trainable parameters", "peak_memory_mib": "peak memory (MiB)",
@@ -60,8 +62,30 @@ def _memory(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} MiB"
 
 
+def stall_note(row: StrategyResult) -> str | None:
+    """Which seeds of ``row`` did not learn, e.g. ``"lora: seed 2 did not learn (50.92; always predicting
+    the most frequent label scores 50.92)"``; ``None`` when every seed learned or no baseline is known."""
+    if not row.stalled_seeds or row.constant_metric is None or row.metric is None:
+        return None
+    scale = points(row.metric)
+    by_seed = dict(zip(row.seeds, row.metric_values, strict=False))
+    scores = ", ".join(f"{scale * by_seed[s]:.2f}" for s in row.stalled_seeds if s in by_seed)
+    which = "seed" if len(row.stalled_seeds) == 1 else "seeds"
+    return (f"{row.label}: {which} {', '.join(map(str, row.stalled_seeds))} did not learn ({scores}; always "
+            f"predicting the most frequent label scores {scale * row.constant_metric:.2f})")
+
+
 def verdict(result: BenchResult, tolerance: float = 1.0) -> str | None:
     """The one-sentence verdict (see the module docstring); ``None`` without a full fine-tuning row with a metric."""
+    sentence = _verdict(result, tolerance)
+    stalls = [note for note in map(stall_note, result.rows) if note]
+    if sentence is None or not stalls:
+        return sentence
+    return (f"{sentence} Beware, {'; '.join(stalls)}: a mean over a failed run says little about the strategy, "
+            "so rerun such a row at a lower learning rate before reading the comparison.")
+
+
+def _verdict(result: BenchResult, tolerance: float) -> str | None:
     full = next((r for r in result.rows if r.strategy == "full" and r.metric_mean is not None), None)
     if full is None or full.metric is None:
         return None

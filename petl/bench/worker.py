@@ -80,6 +80,7 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
         load_time_s=loaded_s,
         train_examples=len(data.train),
         eval_examples=len(data.eval) if data.eval is not None else 0,
+        constant_metric=_constant_metric(config.metric_name, data),
     )
     try:
         out["saved_bytes"] = saved_size(model, full=row.is_full)
@@ -88,6 +89,16 @@ def _train_job(job: dict[str, Any]) -> dict[str, Any]:
         out["notes"] = [f"saving failed: {type(exc).__name__}: {exc}"]
     out["wall_time_s"] = time.perf_counter() - started
     return out
+
+
+def _constant_metric(metric: str, data: Any) -> float | None:
+    """What always predicting the most frequent evaluation label scores on ``metric`` (accuracy of a
+    sequence-classification task only, else ``None``): the line below which a run did not learn."""
+    from petl.bench.stats import majority_share
+
+    if metric != "eval_accuracy" or data.task != "sequence-classification" or data.eval is None:
+        return None
+    return majority_share([data.eval[i]["labels"] for i in range(len(data.eval))])
 
 
 def _time_job(job: dict[str, Any]) -> dict[str, Any]:

@@ -130,3 +130,21 @@ def test_terminal_table(result: BenchResult) -> None:
     assert any(line.startswith("lora ") and "5,000" in line and "0.60" in line for line in lines)
     assert "prefix: ERROR seed 0: PetlError: it broke" in text
     assert "eval_accuracy (%), mean ± std over 2 seed(s)" in text
+
+
+def test_a_seed_that_did_not_learn_is_named_in_every_report(result: BenchResult, tmp_path: Path) -> None:
+    stuck = StrategyResult(label="lora-hot", strategy="lora", options={}, learning_rate=5e-3, mixed_precision="no",
+                           optimizer="adamw", load_in_8bit=False)
+    runs = [_run(5_000, 0.88, 600.0), _run(5_000, 0.6, 600.0)]  # seed 1 scores what the majority class scores
+    for run in runs:
+        run.update(constant_metric=0.6, eval_examples=10)
+    aggregate(stuck, runs, [0, 1], "eval_accuracy")
+    assert stuck.constant_metric == 0.6 and stuck.stalled_seeds == [1]
+    result.rows.append(stuck)
+    result.verdict = None  # no verdict sentence: the table notes and results.md say it themselves
+    note = "lora-hot: seed 1 did not learn (60.00; always predicting the most frequent label scores 60.00)"
+    assert note in format_table(result)
+    write_reports(result, tmp_path, plots=False)
+    assert f"* {note}." in (tmp_path / "results.md").read_text()
+    rows = {r["label"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    assert rows["lora-hot"]["stalled_seeds"] == "[1]" and rows["lora"]["stalled_seeds"] == "[]"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,15 @@ def test_task_metric_over_seeds(bench: tuple[BenchConfig, BenchResult]) -> None:
         assert row.eval_loss_mean > 0
         assert row.global_steps == config.train.max_steps
         assert 0 < row.train_time_s < row.wall_time_s
+    from petl.bench.loading import load_data, load_tokenizer
+
+    held_out = load_data(config, load_tokenizer(config)).eval
+    counts = Counter(held_out[i]["labels"] for i in range(len(held_out)))
+    majority = max(counts.values()) / len(held_out)  # what predicting one class everywhere scores
+    for row in (result.row("full"), result.row("lora")):
+        assert row.constant_metric == majority
+        assert row.stalled_seeds == [s for s, v in zip(row.seeds, row.metric_values, strict=True)
+                                     if v <= majority + 0.5 / len(held_out)]
 
 
 def test_saved_sizes_are_what_petl_save_and_safetensors_write(

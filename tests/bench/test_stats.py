@@ -8,8 +8,8 @@ import math
 import pytest
 
 from petl.bench.results import BenchResult, StrategyResult, add_differences
-from petl.bench.stats import mean_interval, paired_difference, t_quantile
-from petl.bench.verdict import dominated, verdict
+from petl.bench.stats import majority_share, mean_interval, paired_difference, stalled_seeds, t_quantile
+from petl.bench.verdict import dominated, stall_note, verdict
 
 # Student t 0.975 quantiles from a printed table (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2)
 T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262, 30: 2.042}
@@ -99,3 +99,39 @@ def test_dominated_rows() -> None:
     assert dominated(rows, "peak_memory_mib") == {"adalora"}  # lora: better and cheaper
     assert dominated(rows, "trainable_params") == set()  # adalora has fewer parameters than lora
     assert dominated(rows, "step_time_ms") == {"lora", "adalora", "prefix"}  # all 100 ms: full is best
+
+
+def test_majority_share_is_the_constant_predictors_accuracy() -> None:
+    assert majority_share([1, 0, 1, 1]) == 0.75
+    assert majority_share([2, 2, 0, 1, 1, 2]) == 0.5
+    assert majority_share([]) is None
+    assert majority_share([[0, 1], [1]]) is None  # token labels: no single constant accuracy
+    assert majority_share([True, False]) is None
+
+
+def test_a_seed_at_the_constant_baseline_is_stalled() -> None:
+    # SST-2's validation set: 444 of 872 sentences are positive; 444 / 872 is what one class everywhere scores.
+    baseline = 444 / 872
+    assert stalled_seeds([0.8498, 0.8440, 444 / 872], [0, 1, 2], baseline, 872) == [2]
+    assert stalled_seeds([0.8498, 445 / 872], [0, 1], baseline, 872) == []  # one example better: it learned something
+    assert stalled_seeds([0.30, 0.9], [3, 4], baseline, 872) == [3]  # worse than constant
+    assert stalled_seeds([0.5], [0], None) == []
+
+
+def _stalled_result() -> BenchResult:
+    full = _row("full", "full", [0.86, 0.85, 0.85], 1800)
+    lora = _row("lora", "lora", [0.85, 0.84, 444 / 872], 1500)
+    lora.constant_metric = full.constant_metric = 444 / 872
+    lora.stalled_seeds = stalled_seeds(lora.metric_values, lora.seeds, lora.constant_metric, 872)
+    return _result(full, _row("bottleneck", "bottleneck", [0.855, 0.845, 0.845], 1300), lora)
+
+
+def test_verdict_names_the_seeds_that_did_not_learn() -> None:
+    result = _stalled_result()
+    text = verdict(result, 1.0) or ""
+    assert text.startswith("The best strategy within 1 point of full fine-tuning at the lowest memory is bottleneck")
+    assert ("Beware, lora: seed 2 did not learn (50.92; always predicting the most frequent label scores 50.92)"
+            in text)
+    assert stall_note(result.row("bottleneck")) is None
+    clean = _result(_row("full", "full", [0.86, 0.85], 1800), _row("lora", "lora", [0.85, 0.84], 1500))
+    assert "did not learn" not in (verdict(clean, 1.0) or "")
