@@ -180,7 +180,7 @@ def test_shipped_configs_load(shared_data: Path) -> None:
         pytest.skip(f"needs the shared data at {shared_data}")
     sst2 = load_config(BENCHMARKS / "sst2_minilm.toml")
     assert (sst2.data.max_length, sst2.train.epochs, sst2.train.batch_size) == (64, 3, 32)
-    assert sst2.resolved(sst2.row("lora"))["learning_rate"] == 2e-3
+    assert sst2.resolved(sst2.row("lora"))["learning_rate"] == 1.5e-3
     assert sst2.row("lora").options == {"r": 8, "target_modules": ["query", "key", "value", "attention.output.dense"]}
     assert sst2.resolved(sst2.row("full"))["learning_rate"] == 5e-5
     assert Path(sst2.data.train) == (shared_data / "sst2" / "train.tsv").resolve()
