@@ -8,7 +8,9 @@ value, r=8, alpha 16), so both train the same parameters. Steps run round-robin 
 order rotating every round, so load from other processes hits every variant alike; the
 first ``--warmup`` rounds are discarded. Wall-clock and process CPU time are recorded.
 
-Targets (issue #16): petl / peft within 2%, LoRA / full fine-tuning at or below 0.72.
+Targets (issue #16): petl's LoRA step within 2% of raw peft's, that is petl / peft at most
+1.02 (the target is petl's overhead: a faster petl step meets it), and LoRA / full fine-tuning
+at or below 0.72.
 
     python benchmarks/lora_step_time.py            # MiniLM-L6, batch 32 x 64, a few minutes
     python benchmarks/lora_step_time.py --quick    # a tiny BERT, seconds (for the test suite)
@@ -114,11 +116,21 @@ def measure(args: argparse.Namespace) -> dict:
     for key, unit in (("median_s", ""), ("cpu_median_s", "cpu_")):
         result[f"{unit}petl_over_peft"] = v["petl lora"][key] / v["peft lora"][key]
         result[f"{unit}lora_over_full"] = v["petl lora"][key] / v["full fine-tuning"][key]
-    result["targets"] = {"petl_within_2pct_of_peft": abs(result["petl_over_peft"] - 1) <= 0.02,
+    # Paired by round: both steps ran back to back on the same batch, so slow drifts of the machine cancel.
+    result["paired_petl_over_peft"] = statistics.median(
+        a / b for a, b in zip(walls["petl lora"], walls["peft lora"], strict=True))
+    result["paired_petl_over_peft_iqr"] = _iqr([a / b for a, b in zip(walls["petl lora"], walls["peft lora"],
+                                                                       strict=True)])
+    result["targets"] = {"petl_at_most_2pct_slower_than_peft": result["petl_over_peft"] <= 1.02,
                          "lora_at_most_0.72_of_full": result["lora_over_full"] <= 0.72}
     result["environment"] = environment
     environment["load_average_end"] = load_average()
     return result
+
+
+def _iqr(values: list[float]) -> list[float]:
+    q = statistics.quantiles(values, n=4)
+    return [q[0], q[2]]
 
 
 def write_markdown(result: dict, path: Path) -> None:
@@ -140,9 +152,13 @@ def write_markdown(result: dict, path: Path) -> None:
     lines += [
         "",
         f"petl / peft: {result['petl_over_peft']:.3f} wall, {result['cpu_petl_over_peft']:.3f} CPU "
-        f"(target within 2%: {'met' if t['petl_within_2pct_of_peft'] else 'MISSED'}). "
+        f"(target at most 2% slower: {'met' if t['petl_at_most_2pct_slower_than_peft'] else 'MISSED'}). "
         f"LoRA / full fine-tuning: {result['lora_over_full']:.3f} wall, {result['cpu_lora_over_full']:.3f} CPU "
         f"(target at most 0.72: {'met' if t['lora_at_most_0.72_of_full'] else 'MISSED'}).",
+        "",
+        f"Paired by round (petl's step over peft's in the same round, same batch): median "
+        f"{result['paired_petl_over_peft']:.3f}, interquartile range {result['paired_petl_over_peft_iqr'][0]:.3f}-"
+        f"{result['paired_petl_over_peft_iqr'][1]:.3f}.",
         "",
         f"Load average before {result['load_average_before']}, after {result['load_average_after']} "
         "(the machine may be shared; interleaving spreads other load over all variants).",

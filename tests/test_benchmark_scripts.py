@@ -78,6 +78,8 @@ def test_lora_step_time_script(tmp_path: Path) -> None:
     assert set(v) == {"full fine-tuning", "petl lora", "peft lora"}
     assert v["petl lora"]["trainable"] == v["peft lora"]["trainable"] < v["full fine-tuning"]["trainable"]
     assert result["petl_over_peft"] == v["petl lora"]["median_s"] / v["peft lora"]["median_s"]
+    low, high = result["paired_petl_over_peft_iqr"]
+    assert 0 < low <= result["paired_petl_over_peft"] <= high
     assert result["targets"]["lora_at_most_0.72_of_full"] == (result["lora_over_full"] <= 0.72)
     _check_environment(result, (tmp_path / "lora_step_time.md").read_text())
 
