@@ -11,7 +11,8 @@ tokens, scored with ``petl.metrics.rouge`` against the dev set's reference summa
 The trained adapter is folded into the weights for the second decoding
 (``merged_for_inference``), as ``petl.train`` evaluates.
 
-Torch runs one thread (the CPU is shared): ``OMP_WAIT_POLICY=PASSIVE`` is set here.
+Torch runs ``--threads`` threads, one by default (the CPU is often shared):
+``OMP_WAIT_POLICY=PASSIVE`` is set here.
 
     python benchmarks/dialogsum_smollm2.py                     # 300 train, 100 dev, 64 new tokens
     python benchmarks/dialogsum_smollm2.py --train 24 --dev 20 --max-new-tokens 48 --batch 4 --lr 2e-3 \
@@ -84,10 +85,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-dialogue-chars", type=int, default=None,
                         help="train on dialogues at most this long only (shorter steps on a busy CPU)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (more on an idle machine)")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"DialogSum is not at {DATA}.")
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     folder = smollm2_safetensors_path()
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -140,7 +142,7 @@ def main() -> None:
     md = (f"# DialogSum, SmolLM2-135M-Instruct + LoRA\n\n`{record['command']}`, {record['environment']['date']}, "
           f"load average {load_before}.\n\n{args.train} training dialogues x {args.epochs} epoch(s) "
           f"({result.global_step} steps, {train_s:.0f} s); {args.dev} dev dialogues, greedy, at most "
-          f"{args.max_new_tokens} new tokens, 1 torch thread.\n\n"
+          f"{args.max_new_tokens} new tokens, {args.threads} torch thread(s).\n\n"
           "| ROUGE F | before | after LoRA |\n| --- | --- | --- |\n"
           f"{rows}\n\nDecoding: {record['decode_examples_per_s']['before']} examples/s before, "
           f"{record['decode_examples_per_s']['after']} after (merged adapter).\n")
