@@ -16,7 +16,7 @@ Torch runs ``--threads`` threads, one by default (the CPU is often shared):
 
     python benchmarks/dialogsum_smollm2.py                     # 300 train, 100 dev, 64 new tokens
     python benchmarks/dialogsum_smollm2.py --train 160 --dev 80 --batch 8 --lr 2e-3 --threads 2
-                                                               # the recorded run, about 17 minutes
+                                                               # the recorded run, about 13 minutes
 
 On an idle 2-core machine with two threads, greedy decoding ran at 0.46 examples/s (batch 8,
 at most 64 new tokens) and a training step of 8 dialogues took about 20 s.
