@@ -80,6 +80,7 @@ def _steps(model: torch.nn.Module, batch: dict[str, torch.Tensor], n: int = 3) -
 
 
 @pytest.mark.parametrize(("arch", "head"), CASES)
+@pytest.mark.usefixtures("python_sigint")
 def test_stack_train_switch_and_disable(arch: str, head: str) -> None:
     batch = tm.inputs(arch, head)
     reference = tm.logits(tm.build(arch, head), batch)

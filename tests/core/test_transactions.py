@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,10 +305,9 @@ def test_a_plugin_strategy_that_changes_everything_and_fails(vandal: Any, error:
     _wraps_afterwards(model, "lora", "bert", "seq-cls")
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_a_ctrl_c_while_the_model_is_being_restored_waits_until_it_is_whole(vandal: Any,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals reach only the main thread")
     real_restore = wrapping._Frozen.restore
     calls = [0]
 
