@@ -109,18 +109,17 @@ def measure(args: argparse.Namespace) -> dict:
                     "load_average_before": load_before, "load_average_after": load_average(), "variants": {}}
     for name in names:
         trainable = sum(p.numel() for p in models[name].parameters() if p.requires_grad)
-        q = statistics.quantiles(walls[name], n=4)
+        p25, p75 = _iqr(walls[name])
         result["variants"][name] = {"trainable": trainable, "median_s": statistics.median(walls[name]),
-                                    "p25_s": q[0], "p75_s": q[2], "cpu_median_s": statistics.median(cpus[name])}
+                                    "p25_s": p25, "p75_s": p75, "cpu_median_s": statistics.median(cpus[name])}
     v = result["variants"]
     for key, unit in (("median_s", ""), ("cpu_median_s", "cpu_")):
         result[f"{unit}petl_over_peft"] = v["petl lora"][key] / v["peft lora"][key]
         result[f"{unit}lora_over_full"] = v["petl lora"][key] / v["full fine-tuning"][key]
     # Paired by round: both steps ran back to back on the same batch, so slow drifts of the machine cancel.
-    result["paired_petl_over_peft"] = statistics.median(
-        a / b for a, b in zip(walls["petl lora"], walls["peft lora"], strict=True))
-    result["paired_petl_over_peft_iqr"] = _iqr([a / b for a, b in zip(walls["petl lora"], walls["peft lora"],
-                                                                       strict=True)])
+    paired = [a / b for a, b in zip(walls["petl lora"], walls["peft lora"], strict=True)]
+    result["paired_petl_over_peft"] = statistics.median(paired)
+    result["paired_petl_over_peft_iqr"] = _iqr(paired)
     result["targets"] = {"petl_at_most_2pct_slower_than_peft": result["petl_over_peft"] <= 1.02,
                          "lora_at_most_0.72_of_full": result["lora_over_full"] <= 0.72}
     result["environment"] = environment
@@ -129,6 +128,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def _iqr(values: list[float]) -> list[float]:
+    """The first and third quartiles of ``values``."""
     q = statistics.quantiles(values, n=4)
     return [q[0], q[2]]
 

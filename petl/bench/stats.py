@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -141,10 +142,7 @@ def majority_share(labels: Sequence[Any]) -> float | None:
     token classification): there the constant predictor has no single accuracy."""
     if not labels or not all(isinstance(x, int) and not isinstance(x, bool) for x in labels):
         return None
-    counts: dict[int, int] = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
-    return max(counts.values()) / len(labels)
+    return max(Counter(labels).values()) / len(labels)
 
 
 def stalled_seeds(values: Sequence[float], seeds: Sequence[int], baseline: float | None,
