@@ -36,11 +36,19 @@ each waiting on its own worker process). The study lives in an Optuna storage: b
 default a journal file in the run folder; ``storage = "journal:///shared/study.log"``
 or an RDB URL lets several machines run ``petl bench --search`` on one study, which
 stops at ``trials`` finished trials per row whoever ran them.
+
+Resuming. A study's name ends in a digest of everything its trials depend on (the task,
+metric, model, data, training budget, the row and the search settings other than
+``trials``, ``jobs`` and ``storage``), so a rerun of the same config in the same folder
+picks up its finished trials, raising ``trials`` adds to them, and a changed row or data
+set starts a fresh study instead of reusing trials of settings that are no longer there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import random
@@ -53,7 +61,7 @@ from petl.bench.config import BenchConfig
 from petl.bench.schema import StrategySpec
 from petl.errors import ConfigError
 
-__all__ = ["apply_choice", "carve_validation", "make_storage", "search_data", "search_row", "trial_job"]
+__all__ = ["apply_choice", "carve_validation", "make_storage", "search_data", "search_row", "study_name", "trial_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +147,22 @@ def _with_row(config: BenchConfig, row: StrategySpec) -> BenchConfig:
     return config.replace(strategies=tuple(row if r.display == row.display else r for r in config.strategies))
 
 
+def study_name(config: BenchConfig, row: StrategySpec) -> str:
+    """The study of ``row``: ``<benchmark>-<row>-<digest>``, the digest over what its trials depend on.
+
+    The same config gives the same name on every machine (several machines join one study);
+    any change to the row, the data, the model, the training budget or the search space gives
+    another, so finished trials are reused only for the settings they were run with.
+    """
+    whole = config.to_dict()
+    search = {k: v for k, v in whole["search"].items() if k not in ("enabled", "trials", "jobs", "storage")}
+    own = next(r for r, spec in zip(whole["strategies"], config.strategies, strict=True) if spec.display == row.display)
+    keyed = {"task": whole["task"], "metric": whole["metric"], "model": whole["model"], "data": whole["data"],
+             "train": whole["train"], "search": search, "row": own}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{config.name}-{row.display}-{digest}"
+
+
 def search_row(config: BenchConfig, row: StrategySpec, spawn: Spawn, *, storage: str) -> dict[str, Any]:
     """Run (or join) the study of ``row`` and return what it found.
 
@@ -157,7 +181,7 @@ def search_row(config: BenchConfig, row: StrategySpec, spawn: Spawn, *, storage:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search, metric = config.search, config.metric_name
-    name = f"{config.name}-{row.display}"
+    name = study_name(config, row)
     study = optuna.create_study(study_name=name, storage=make_storage(storage), sampler=_sampler(config),
                                 pruner=_pruner(config), direction=_direction(metric), load_if_exists=True)
     if not study.trials:  # trial 0: the row as configured, where its values are among the choices

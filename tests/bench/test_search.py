@@ -18,7 +18,7 @@ from petl.bench import runner, worker
 from petl.bench.config import BenchConfig
 from petl.bench.defaults import default_config
 from petl.bench.schema import SearchSpec, StrategySpec
-from petl.bench.search import carve_validation, search_data, search_row
+from petl.bench.search import carve_validation, search_data, search_row, study_name
 from petl.errors import ConfigError
 
 from .bench_tiny import tiny_config
@@ -76,7 +76,7 @@ def test_a_hopeless_trial_is_pruned(tiny_model_dir: Path, tmp_path: Path) -> Non
     storage = f"journal://{tmp_path / 'study.log'}"
     from petl.bench.search import make_storage
 
-    study = optuna.create_study(study_name=f"{config.name}-{row.display}", storage=make_storage(storage),
+    study = optuna.create_study(study_name=study_name(config, row), storage=make_storage(storage),
                                 direction="maximize")
     for _ in range(2):  # two finished trials with a validation loss of 0 at every point: nothing beats them
         study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={0: -0.0, 1: -0.0}))
@@ -147,6 +147,37 @@ def test_two_jobs_share_a_journal_in_worker_processes(tiny_model_dir: Path, tmp_
     assert [t["number"] for t in again["trials"]] == [0, 1]
     assert all(len(t["intermediate"]) == 2 and all(math.isfinite(v) for v in t["intermediate"])
                for t in record["trials"])
+
+
+def test_a_study_is_resumed_only_for_the_settings_it_was_run_with(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _searched(tiny_model_dir, trials=1, options=())
+    row = config.strategies[0]
+    storage = f"journal://{tmp_path / 'study.log'}"
+    from petl.bench.search import make_storage
+
+    old = optuna.create_study(study_name=study_name(config, row), storage=make_storage(storage), direction="maximize")
+    old.add_trial(optuna.trial.create_trial(params={"learning_rate": 1e-3}, value=0.9, distributions={
+        "learning_rate": optuna.distributions.FloatDistribution(2.5e-4, 4e-3, log=True)}))
+    ran: list[dict[str, Any]] = []
+
+    def spawn(job: dict[str, Any], name: str) -> dict[str, Any]:
+        ran.append(job)
+        return {"score": 0.5}
+
+    # the same config (more trials, other jobs, or another machine) joins the finished trial
+    assert study_name(dataclasses.replace(config, search=dataclasses.replace(config.search, trials=5, jobs=2)),
+                      row) == study_name(config, row)
+    assert search_row(config, row, spawn, storage=storage)["params"] == {"learning_rate": 1e-3} and not ran
+    # a changed row (here its learning rate, hence its search range) does not inherit that trial
+    moved = dataclasses.replace(row, learning_rate=2e-3)
+    changed = config.replace(strategies=(moved,))
+    assert study_name(changed, moved) != study_name(config, row)
+    record = search_row(changed, moved, spawn, storage=storage)
+    assert len(ran) == 1 and record["trials"][0]["params"] == {"learning_rate": pytest.approx(2e-3)}
+    assert record["score"] == 0.5 and record["study_name"] == study_name(changed, moved)
+    # so does a change of the data
+    other = dataclasses.replace(config, data=dataclasses.replace(config.data, max_length=config.data.max_length + 8))
+    assert study_name(other, row) != study_name(config, row)
 
 
 def test_cli_flags_and_defaults(tmp_path: Path) -> None:
