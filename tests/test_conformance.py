@@ -42,7 +42,7 @@ def _cases(strategy: str) -> list[tuple[str, str]]:
 
 STRATEGIES = petl.available()
 CASES = [pytest.param(s, a, h, id=f"{s}-{a}-{h}") for s in STRATEGIES for a, h in _cases(s)]
-BUILTINS = ("adalora", "bottleneck", "lora", "prefix", *BRIDGED)
+BUILTINS = ("adalora", "bottleneck", "lora", "prefix", "prompt", "p_tuning", *BRIDGED)
 """The strategies petl ships: their support of each architecture is declared below."""
 
 TINY_OPTIONS = T.STRATEGY_OPTIONS
@@ -55,6 +55,8 @@ EXPECTED_UNSUPPORTED: dict[tuple[str, str], str] = {
     # lora, adalora, prefix, bottleneck, ia3, vera, fourierft and randlora wrap every architecture.
     **{(name, "gpt2"): f"peft 0.21 has no {name} layer for GPT-2's Conv1D (only nn.Linear and convolutions)"
        for name in ("boft", "c3a", "delora", "hra", "lily", "loha", "lokr", "miss", "oft", "road", "shira")},
+    **{(name, arch): "prompt tuning refuses encoder-decoders (generate() runs their encoder past its hooks)"
+       for name in ("prompt", "p_tuning") for arch in T.ENCODER_DECODER},
 }
 """Built-in (strategy, architecture) pairs that may refuse; every other built-in pair must wrap."""
 

@@ -41,7 +41,9 @@ Not registered (peft 0.21 names, and why):
 
 * prompt learning (``PROMPT_TUNING``, ``P_TUNING``, ``MULTITASK_PROMPT_TUNING``, ``PREFIX_TUNING``,
   ``CPT``, ``CARTRIDGE``): the virtual tokens are prepended by ``PeftModel``'s forward, which
-  petl does not use; petl's own ``prefix`` strategy covers prefix tuning in place;
+  petl does not use; petl's own ``prompt``, ``p_tuning`` and ``prefix`` strategies do prompt
+  tuning, p-tuning and prefix tuning in place (:mod:`petl.strategies.prompt`,
+  :mod:`petl.strategies.prefix`);
 * ``ADAPTION_PROMPT``: replaces LLaMA-style attention modules through ``PeftModel`` only;
 * ``XLORA``: a mixture of already trained LoRA adapters, loaded through ``PeftModel``;
 * ``POLY``: routes by ``task_ids`` that every forward pass must be given;
@@ -145,8 +147,8 @@ TUNERS: dict[str, Tuner] = {
 
 NOT_REGISTERED: dict[str, str] = {
     **dict.fromkeys(("PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "PREFIX_TUNING", "CPT", "CARTRIDGE"),
-                    "prompt learning: PeftModel's forward prepends the virtual tokens (petl's 'prefix' strategy "
-                    "does prefix tuning in place)"),
+                    "prompt learning: PeftModel's forward prepends the virtual tokens (petl's native 'prompt', "
+                    "'p_tuning' and 'prefix' strategies do prompt tuning, p-tuning and prefix tuning in place)"),
     "ADAPTION_PROMPT": "replaces LLaMA-style attention modules through PeftModel only",
     "XLORA": "a mixture of already trained LoRA adapters, loaded through PeftModel",
     "POLY": "routes by task_ids that every forward pass must be given",
