@@ -18,13 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["HookedChild", "children_named", "map_first", "placement"]
+from petl.core.params import copy_checked
+from petl.core.strategy import StrategyBase
+
+__all__ = ["HookedChild", "OneModuleStrategy", "children_named", "map_first", "placement"]
 
 
 def map_first(output: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -99,3 +102,30 @@ class HookedChild:
         except AttributeError:
             return
         target._modules.pop(self.name, None)
+
+
+class OneModuleStrategy(StrategyBase):
+    """A strategy whose parameters are one module added to the model as ``model.<module_name>``
+    (``prefix``, ``prompt``); that module has an ``active`` flag its hooks or functions obey."""
+
+    module_name: ClassVar[str]
+    """The attribute of the model holding the strategy's module."""
+    noun: ClassVar[str]
+    """What the module is, for messages ("prefix", "prompt")."""
+
+    def encoder(self, model: nn.Module) -> nn.Module:
+        """The strategy's module on a wrapped model."""
+        return model.get_submodule(self.module_name)
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {f"{self.module_name}.{key}": value for key, value in self.encoder(model).state_dict().items()}
+
+    def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        copy_checked(self.adapter_state_dict(model), state_dict, source=f"The {self.noun} tensors",
+                     fix=f"Load them onto a model wrapped with the same {self.noun} options.")
+
+    def set_active(self, model: nn.Module, active: bool, trainable: bool) -> None:
+        """Switch the module on or off: an inactive one changes no output."""
+        encoder = self.encoder(model)
+        encoder.active = active
+        encoder.requires_grad_(active and trainable)

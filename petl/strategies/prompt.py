@@ -42,7 +42,7 @@ the embeddings of ``p`` random vocabulary tokens, on the scale the model expects
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,11 +51,11 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from petl.core.config import StrategyConfig
-from petl.core.params import copy_checked
 from petl.core.registry import register
-from petl.core.strategy import StrategyBase
-from petl.core.validators import check, check_choice, check_positive_int, is_int, set_field
+from petl.core.validators import check, check_choice, check_positive_int, set_field
 from petl.errors import ConfigError, PetlError, UnsupportedModelError
+from petl.strategies.hooks import OneModuleStrategy
+from petl.strategies.tokens import check_token_ids, input_embeddings, plain_token, random_tokens
 
 __all__ = ["PromptConfig", "PromptEncoder", "PromptStrategy", "PTuningConfig", "PTuningStrategy"]
 
@@ -89,17 +89,7 @@ class PromptConfig(StrategyConfig):
         check_positive_int("encoder_hidden_size", self.encoder_hidden_size, allow_none=True)
         check_choice("init", self.init, INITS)
         if self.init_token_ids is not None:
-            ids = self.init_token_ids
-            if isinstance(ids, (str, bytes, Mapping, Set)) or not isinstance(ids, Iterable):
-                raise ConfigError(
-                    f"init_token_ids must be a list of token ids, got {type(ids).__name__} {ids!r}. Tokenize the "
-                    'text first, e.g. tokenizer("Classify the sentiment:", add_special_tokens=False).input_ids.'
-                )
-            ids = tuple(ids)
-            check(len(ids) > 0, "init_token_ids must not be empty; pass None for a random start.")
-            check(all(is_int(i) and i >= 0 for i in ids),
-                  f"init_token_ids must contain non-negative integers, got {list(ids)!r}.")
-            set_field(self, "init_token_ids", ids)
+            set_field(self, "init_token_ids", check_token_ids(self.init_token_ids))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,10 +247,12 @@ def _output_hook(encoder: PromptEncoder) -> Any:
 
 
 @register("prompt")
-class PromptStrategy(StrategyBase):
+class PromptStrategy(OneModuleStrategy):
     """Prompt tuning: learned input embeddings in front of every sequence (Lester et al. 2021), native."""
 
     config_class: ClassVar[type[StrategyConfig]] = PromptConfig
+    module_name: ClassVar[str] = MODULE_NAME
+    noun: ClassVar[str] = "prompt"
     search_space: ClassVar[dict[str, tuple[int, ...]]] = {"num_virtual_tokens": (10, 20, 40)}
     handles_heads: ClassVar[bool] = False
     identity_at_init: ClassVar[bool] = False
@@ -283,11 +275,11 @@ class PromptStrategy(StrategyBase):
         if hasattr(model, MODULE_NAME):
             raise PetlError(f"This {type(model).__name__} already has a `{MODULE_NAME}` attribute. Pass a model "
                             "without one (petl.unwrap removes it from a wrapped model).")
-        table = _input_embeddings(model)
+        table = input_embeddings(model, "prompt tuning puts its virtual tokens in. Use lora or prefix on it.")
         ids = self._start_ids(model, table)  # before anything changes: a bad id leaves the model untouched
         dtype = torch.promote_types(table.weight.dtype, torch.float32)  # what the optimizer updates
         encoder = PromptEncoder(self.config.num_virtual_tokens, table.embedding_dim, self.config.encoder_hidden_size,
-                                _plain_token(model), device=table.weight.device, dtype=dtype)
+                                plain_token(model), device=table.weight.device, dtype=dtype)
         if ids is not None:  # the table's own output, so a scaled embedding (Gemma's) starts on its scale
             with torch.no_grad():
                 encoder.embedding.weight.copy_(table(torch.tensor(ids, device=table.weight.device)))
@@ -305,7 +297,7 @@ class PromptStrategy(StrategyBase):
     def _start_ids(self, model: nn.Module, table: nn.Embedding) -> tuple[int, ...] | None:
         p, ids = self.config.num_virtual_tokens, self.config.init_token_ids
         if ids is None:
-            return _random_tokens(model, table, p) if self.config.init == "vocab" else None
+            return random_tokens(model, table.num_embeddings, p) if self.config.init == "vocab" else None
         too_large = [i for i in ids if i >= table.num_embeddings]
         if too_large:
             raise ConfigError(
@@ -317,19 +309,6 @@ class PromptStrategy(StrategyBase):
     def encoder(self, model: nn.Module) -> PromptEncoder:
         """The prompt parameters of a wrapped model."""
         return model.get_submodule(MODULE_NAME)
-
-    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {f"{MODULE_NAME}.{key}": value for key, value in self.encoder(model).state_dict().items()}
-
-    def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-        copy_checked(self.adapter_state_dict(model), state_dict, source="The prompt tensors",
-                     fix="Load them onto a model wrapped with the same prompt options.")
-
-    def set_active(self, model: nn.Module, active: bool, trainable: bool) -> None:
-        """Switch the prompt on or off: an inactive prompt adds no position and changes no output."""
-        encoder = self.encoder(model)
-        encoder.active = active
-        encoder.requires_grad_(active and trainable)
 
     def remove(self, model: nn.Module) -> nn.Module:
         for handle in self.handles:
@@ -346,36 +325,3 @@ class PTuningStrategy(PromptStrategy):
 
     config_class: ClassVar[type[StrategyConfig]] = PTuningConfig
     search_space: ClassVar[dict[str, tuple[int, ...]]] = {"num_virtual_tokens": (10, 20, 40)}
-
-
-def _input_embeddings(model: nn.Module) -> nn.Embedding:
-    get = getattr(model, "get_input_embeddings", None)
-    table = get() if callable(get) else None
-    if not isinstance(table, nn.Embedding):
-        raise UnsupportedModelError(
-            f"This {type(model).__name__} has no input embedding table (get_input_embeddings()), which prompt "
-            "tuning puts its virtual tokens in. Use lora or prefix on it."
-        )
-    return table
-
-
-def _special_ids(model: nn.Module) -> set[object]:
-    config = getattr(model, "config", None)
-    special: set[object] = set()
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
-                 "cls_token_id"):
-        value = getattr(config, name, None)
-        special.update(value if isinstance(value, (list, tuple)) else [value])
-    return special
-
-
-def _plain_token(model: nn.Module) -> int:
-    """The smallest id that is no special token: the placeholder (never taken for padding or an end)."""
-    special = _special_ids(model)
-    return next(i for i in range(len(special) + 1) if i not in special)
-
-
-def _random_tokens(model: nn.Module, table: nn.Embedding, count: int) -> tuple[int, ...]:
-    special = _special_ids(model)
-    ids = tuple(i for i in torch.randperm(table.num_embeddings).tolist() if i not in special)[:count]
-    return ids if len(ids) == count else (ids * count)[:count]

@@ -42,7 +42,7 @@ reproduces peft's outputs exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,11 +52,10 @@ from torch.nn import functional as F
 from transformers import PretrainedConfig
 
 from petl.core.config import StrategyConfig
-from petl.core.params import copy_checked
 from petl.core.registry import register
-from petl.core.strategy import StrategyBase
-from petl.core.validators import check, check_choice, check_positive_int, is_int, set_field
+from petl.core.validators import check_choice, check_positive_int, set_field
 from petl.errors import ConfigError, PetlError, UnsupportedModelError
+from petl.strategies.hooks import OneModuleStrategy
 from petl.strategies.prefix.attention import (
     SLOT_ATTR,
     PrefixSlot,
@@ -65,6 +64,7 @@ from petl.strategies.prefix.attention import (
     restore_attention,
     switch_attention,
 )
+from petl.strategies.tokens import check_token_ids, input_embeddings, plain_token, random_tokens
 
 __all__ = ["PrefixConfig", "PrefixEncoder", "PrefixStrategy"]
 
@@ -100,21 +100,7 @@ class PrefixConfig(StrategyConfig):
         check_positive_int("projection", self.projection, allow_none=True)
         check_choice("init", self.init, INITS)
         if self.init_token_ids is not None:
-            ids = self.init_token_ids
-            # A set or a mapping has no order (or is not a list of ids at all), and the order of the ids matters.
-            if isinstance(ids, (str, bytes, Mapping, Set)) or not isinstance(ids, Iterable):
-                raise ConfigError(
-                    f"init_token_ids must be a list of token ids, got {type(ids).__name__} {ids!r}. "
-                    "Tokenize the text first, e.g. "
-                    'tokenizer("Classify the sentiment:", add_special_tokens=False).input_ids.'
-                )
-            ids = tuple(ids)
-            check(len(ids) > 0, "init_token_ids must not be empty; pass None for a random start.")
-            check(
-                all(is_int(i) and i >= 0 for i in ids),
-                f"init_token_ids must contain non-negative integers, got {list(ids)!r}.",
-            )
-            set_field(self, "init_token_ids", ids)
+            set_field(self, "init_token_ids", check_token_ids(self.init_token_ids))
 
 
 class PrefixEncoder(nn.Module):
@@ -206,12 +192,14 @@ class PrefixEncoder(nn.Module):
 
 
 @register("prefix")
-class PrefixStrategy(StrategyBase):
+class PrefixStrategy(OneModuleStrategy):
     """Prefix-tuning: trained key/value prefixes in every attention layer (Li & Liang 2021), native.
 
     Injected in place through transformers' attention interface."""
 
     config_class: ClassVar[type[StrategyConfig]] = PrefixConfig
+    module_name: ClassVar[str] = MODULE_NAME
+    noun: ClassVar[str] = "prefix"
     search_space: ClassVar[dict[str, tuple[int, ...]]] = {"num_virtual_tokens": (8, 16, 32)}  # petl bench --search
     handles_heads: ClassVar[bool] = False
     identity_at_init: ClassVar[bool] = False
@@ -230,9 +218,9 @@ class PrefixStrategy(StrategyBase):
     def _token_ids(self, model: nn.Module) -> torch.Tensor:
         ids = self.config.init_token_ids
         if ids is None and self.config.init == "vocab":
-            ids = _random_tokens(model, self.config.num_virtual_tokens)
+            ids = random_tokens(model, _input_embeddings(model).num_embeddings, self.config.num_virtual_tokens)
         if ids is None:
-            return torch.full((1, PROBE_LENGTH), _plain_token(model), dtype=torch.long)
+            return torch.full((1, PROBE_LENGTH), plain_token(model), dtype=torch.long)
         vocab = _input_embeddings(model).num_embeddings
         too_large = [i for i in ids if i >= vocab]
         if too_large:
@@ -300,57 +288,14 @@ class PrefixStrategy(StrategyBase):
         """The prefix parameters of a wrapped model."""
         return model.get_submodule(MODULE_NAME)
 
-    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {f"{MODULE_NAME}.{key}": value for key, value in self.encoder(model).state_dict().items()}
-
-    def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-        copy_checked(self.adapter_state_dict(model), state_dict, source="The prefix tensors",
-                     fix="Load them onto a model wrapped with the same prefix options.")
-
-    def set_active(self, model: nn.Module, active: bool, trainable: bool) -> None:
-        """Switch the prefix on or off: an inactive prefix adds no key or value to any attention."""
-        encoder = self.encoder(model)
-        encoder.active = active
-        encoder.requires_grad_(active and trainable)
-
     def remove(self, model: nn.Module) -> nn.Module:
         self._detach(model)
         return model
 
 
 def _input_embeddings(model: nn.Module) -> nn.Embedding:
-    get = getattr(model, "get_input_embeddings", None)
-    embeddings = get() if callable(get) else None
-    if not isinstance(embeddings, nn.Embedding):
-        raise UnsupportedModelError(
-            f"This {type(model).__name__} has no input embedding table (get_input_embeddings()), which the "
-            "projected prefix and init_token_ids need. Use projection=None and init_token_ids=None."
-        )
-    return embeddings
-
-
-def _special_ids(model: nn.Module) -> set[object]:
-    config = getattr(model, "config", None)
-    special: set[object] = set()
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
-        value = getattr(config, name, None)
-        special.update(value if isinstance(value, (list, tuple)) else [value])
-    return special
-
-
-def _random_tokens(model: nn.Module, count: int) -> tuple[int, ...]:
-    """``count`` distinct random ids of the input vocabulary, none of them the config's special tokens."""
-    vocab = _input_embeddings(model).num_embeddings
-    special = _special_ids(model)
-    order = torch.randperm(vocab).tolist()
-    ids = tuple(i for i in order if i not in special)[:count]
-    return ids if len(ids) == count else (ids * count)[:count]
-
-
-def _plain_token(model: nn.Module) -> int:
-    """The smallest token id that is not a special token (a probe of pad ids draws a warning)."""
-    special = _special_ids(model)
-    return next(i for i in range(len(special) + 1) if i not in special)
+    return input_embeddings(model, "the projected prefix and init_token_ids need. Use projection=None and "
+                            "init_token_ids=None.")
 
 
 def _activations(records: list[Record], num_virtual_tokens: int) -> torch.Tensor:
