@@ -52,8 +52,8 @@ from torch.utils.hooks import RemovableHandle
 
 from petl.core.config import StrategyConfig
 from petl.core.registry import register
-from petl.core.validators import check, check_choice, check_positive_int, set_field
-from petl.errors import ConfigError, PetlError, UnsupportedModelError
+from petl.core.validators import check, check_choice, check_positive_int, is_int, set_field
+from petl.errors import CheckpointError, ConfigError, PetlError, UnsupportedModelError
 from petl.strategies.hooks import OneModuleStrategy
 from petl.strategies.tokens import check_token_ids, input_embeddings, plain_token, random_tokens
 
@@ -258,8 +258,43 @@ class PromptStrategy(OneModuleStrategy):
     identity_at_init: ClassVar[bool] = False
     """The virtual tokens change every output from the start."""
     merge_refusal: ClassVar[str] = "its virtual tokens are extra inputs: no weight change adds them"
+    peft_type: ClassVar[str | None] = "PROMPT_TUNING"
 
     config: PromptConfig
+
+    @classmethod
+    def config_from_peft(cls, adapter_config: dict[str, Any], model: nn.Module) -> StrategyConfig:
+        """A ``prompt`` config for a folder of peft's prompt tuning or p-tuning.
+
+        peft saves the prompt itself (``prompt_embeddings``; for p-tuning, the MLP's output),
+        so both load as ``prompt`` with those embeddings, and compute what peft's model does.
+        The init options only started tensors that the folder's overwrite.
+
+        Raises:
+            CheckpointError: Several transformer submodules (an encoder-decoder's prompt).
+        """
+        submodules = adapter_config.get("num_transformer_submodules", 1)
+        if submodules not in (None, 1):
+            raise CheckpointError(
+                f"adapter_config.json has num_transformer_submodules={submodules!r}: a prompt for an "
+                "encoder-decoder, which petl's prompt tuning does not support. Load it with peft.PeftModel."
+            )
+        count = adapter_config.get("num_virtual_tokens")
+        if not is_int(count):
+            raise CheckpointError(f"adapter_config.json has num_virtual_tokens={count!r}, not a whole number.")
+        return PromptConfig(num_virtual_tokens=count, init="normal", modules_to_save=None)
+
+    @classmethod
+    def tensors_from_peft(cls, adapter_config: dict[str, Any],
+                          tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """peft's ``prompt_embeddings`` and ``base_model.<head>`` as petl's prompt embedding and head."""
+        out = {}
+        for key, tensor in tensors.items():
+            if key == "prompt_embeddings":
+                out[f"{MODULE_NAME}.embedding.weight"] = tensor
+            else:
+                out[key.removeprefix("base_model.")] = tensor
+        return out
 
     def __init__(self, config: PromptConfig) -> None:
         super().__init__(config)
@@ -322,6 +357,9 @@ class PromptStrategy(OneModuleStrategy):
 @register("p_tuning")
 class PTuningStrategy(PromptStrategy):
     """P-tuning: virtual input tokens computed by an MLP from learned embeddings (Liu et al. 2021), native."""
+
+    peft_type: ClassVar[str | None] = "P_TUNING"
+    """peft's p-tuning folders hold the MLP's output only: they load as ``prompt``."""
 
     config_class: ClassVar[type[StrategyConfig]] = PTuningConfig
     search_space: ClassVar[dict[str, tuple[int, ...]]] = {"num_virtual_tokens": (10, 20, 40)}

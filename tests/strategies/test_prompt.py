@@ -157,3 +157,24 @@ def test_bad_input_is_refused_and_leaves_the_model_as_it_was() -> None:
     limit = model.config.max_position_embeddings
     with pytest.raises(PetlError, match=f"Truncate the inputs to {limit - P} tokens"):
         model(input_ids=torch.full((1, limit), 5))
+
+
+@pytest.mark.parametrize("method", ["prompt", "p_tuning"])
+@pytest.mark.parametrize("arch,head", [("bert", "seq-cls"), ("llama", "causal-lm")])
+def test_a_folder_saved_by_peft_loads_with_its_outputs(method: str, arch: str, head: str, tmp_path) -> None:
+    task = TaskType.SEQ_CLS if head == "seq-cls" else TaskType.CAUSAL_LM
+    config = (PromptTuningConfig(task_type=task, num_virtual_tokens=P) if method == "prompt" else
+              PromptEncoderConfig(task_type=task, num_virtual_tokens=P, encoder_hidden_size=16))
+    theirs = get_peft_model(T.build(arch, head), config)
+    T.perturb_trainable(theirs, scale=0.5)  # the prompt (or its MLP) and peft's copy of the head
+    theirs.save_pretrained(tmp_path)
+    theirs.eval()
+    batch = T.inputs(arch, head)
+    model = T.build(arch, head)
+    petl.load(model, tmp_path)
+    with torch.no_grad():
+        expected, ours = theirs(**batch), model(**batch)
+    assert model.petl_prompt.mlp is None  # peft saved the prompt itself, which loads as prompt tuning
+    got = ours.logits if head == "seq-cls" else torch.cat([expected.logits[:, :P], ours.logits], 1)
+    torch.testing.assert_close(got, expected.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.loss, expected.loss, atol=1e-5, rtol=1e-5)
