@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import peft
+import torch
 from peft.tuners.lora import layer as peft_lora
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
@@ -47,16 +48,17 @@ per layer kind (as petl derives it), the others configure features petl refuses 
 PLAIN_INITS: tuple[bool | str, ...] = (True, False, "gaussian", "eva", "orthogonal")
 """``init_lora_weights`` values that only initialise the adapter's own tensors, which loading
 overwrites. The others (``pissa``, ``olora``, ``corda``, ``loftq``, ...) change the base weights."""
-INITS = {"default": True, "random": False, "gaussian": "gaussian", "orthogonal": "orthogonal", "pissa": "pissa"}
+INITS = {"default": True, "random": False, "gaussian": "gaussian", "orthogonal": "orthogonal", "pissa": "pissa",
+         "olora": "olora"}
 """petl's ``init`` -> peft's ``init_lora_weights`` (and ``"pissa_niter_<n>"`` as it is)."""
-BASE_CHANGING_INITS = ("pissa",)
-"""Inits that swap new tensors in for the adapted base weights W0 as W0 - (alpha / r) B0 A0: deterministic given W0,
-so loading runs them again on the base model and the saved A, B then reproduce the trained model."""
+BASE_CHANGING_INITS = ("pissa", "olora")
+"""Inits that set the adapted base weights W0 to W0 - (alpha / r) B0 A0: deterministic given W0, so loading runs
+them again on the base model and the saved A, B then reproduce the trained model. PiSSA swaps new tensors in;
+OLoRA (a QR decomposition of W0) subtracts in place on float32 weights, so petl keeps a copy of those."""
 UNMET_INITS = {
     "eva": "it needs activations from a data pass (peft.tuners.lora.initialize_lora_eva_weights)",
     "corda": "it needs covariance statistics from a data pass (peft.tuners.lora.corda.preprocess_corda)",
     "loftq": "it quantizes the base weights and needs a loftq_config",
-    "olora": "it rewrites the base weights in place, which petl.unwrap could not undo without a copy of them",
     "lora_ga": "it needs gradients from a data pass (peft's preprocess_loraga)",
     "mica": "it needs peft's MiCA preprocessing",
 }
@@ -88,7 +90,9 @@ class LoraConfig(StrategyConfig):
     """How ``A`` and ``B`` start: ``"default"`` (``B = 0``), ``"gaussian"``, ``"orthogonal"``, ``"random"``
     (both random: not the identity, for debugging), ``"pissa"`` / ``"pissa_niter_<n>"`` (the top ``r``
     singular vectors of ``W0``, Meng et al. 2024), which moves that part out of ``W0`` (``petl.unwrap`` puts
-    the original weights back). ``eva``, ``corda``, ``loftq`` and ``olora`` are refused (see ``UNMET_INITS``)."""
+    the original weights back), ``"olora"`` (the QR decomposition ``W0 = Q R``: ``B = Q_r``, ``A = R_r``, moved
+    out of ``W0`` likewise; petl keeps a copy of the adapted weights for ``petl.unwrap``, Büyükakyüz 2024).
+    ``eva``, ``corda`` and ``loftq`` are refused (see ``UNMET_INITS``)."""
     rank_pattern: dict[str, int] | None = None
     """Other ranks for some layers: module name (or regular expression) -> rank, e.g. ``{"v_proj": 16}``."""
     alpha_pattern: dict[str, float] | None = None
@@ -192,15 +196,16 @@ class LoraStrategy(PeftTunerStrategy):
             layers_to_transform=list(c.layers_to_transform) if c.layers_to_transform is not None else None,
             **self._peft_options(model),
         )
-        # References, not copies: peft swaps new tensors in, so only the replaced ones stay alive twice.
+        # References, not copies: PiSSA swaps new tensors in, so only the replaced ones stay alive twice.
         self._kept = [(p, p.data) for p in model.parameters()] if c.init.startswith(BASE_CHANGING_INITS) else []
+        if c.init == "olora":  # OLoRA subtracts in place: copies of the weights of the layers it may adapt
+            self._kept = [(m.weight, m.weight.data.clone()) for m in _olora_layers(model, config)]
         return config
 
     def _put_back_base(self) -> None:
-        """Give the base tensors peft's PiSSA init replaced their original values (the same tensors)."""
+        """Give the base tensors PiSSA or OLoRA changed their original values (the same tensors or copies)."""
         for param, data in getattr(self, "_kept", ()):
-            if param.data.data_ptr() != data.data_ptr():
-                param.data = data
+            param.data = data
         self._kept = []
 
     def inject(self, model: nn.Module) -> None:
@@ -285,6 +290,24 @@ class LoraStrategy(PeftTunerStrategy):
 
 LORA_ONLY = ("use_dora", "init", "rank_pattern", "alpha_pattern", "layers_to_transform")
 """LoRA options that strategies built on LoRA with their own peft config (AdaLoRA) do not take."""
+
+
+def _olora_layers(model: nn.Module, config: peft.LoraConfig) -> list[nn.Module]:
+    """The layers whose weights peft's OLoRA init may rewrite in place: those its targets name."""
+    import dataclasses
+
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    targets = config.target_modules
+    if targets is None:
+        targets = DEFAULTS.get(getattr(getattr(model, "config", None), "model_type", None))
+    weighted = [(name, m) for name, m in model.named_modules()
+                if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.is_floating_point()]
+    if targets is None or targets == "all-linear":  # every layer with a weight: more than needed, never less
+        return [m for _, m in weighted]
+    named = dataclasses.replace(config, target_modules=targets)
+    return [m for name, m in weighted if check_target_module_exists(named, name)]
 
 
 def _init_error(init: str) -> str | None:

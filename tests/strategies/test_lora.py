@@ -293,10 +293,28 @@ def test_pissa_moves_the_principal_part_out_of_the_base_weight_and_round_trips(t
     assert list(restored) == list(original) and all(torch.equal(restored[k], original[k]) for k in original)
 
 
-def test_olora_is_refused_as_it_rewrites_the_base_weights_in_place() -> None:
-    # peft's olora_init subtracts B0 A0 from W0 in place (weight.data -= ...): unwrap could not undo it.
-    with pytest.raises(ConfigError, match="init='olora' cannot be used: it rewrites the base weights in place"):
-        petl.wrap(T.build("bert", "seq-cls"), "lora", init="olora")
+@pytest.mark.parametrize("arch,head", [("llama", "causal-lm"), ("bert", "seq-cls")])
+def test_olora_moves_the_qr_part_out_of_the_base_weight_and_unwrap_restores_it(arch: str, head: str,
+                                                                              tmp_path) -> None:
+    # peft's olora_init subtracts B0 A0 from a float32 W0 in place: petl keeps a copy for unwrap.
+    batch = T.inputs(arch, head)
+    reference = T.build(arch, head)
+    model = petl.wrap(T.build(arch, head), "lora", r=2, alpha=2, init="olora")
+    layers = [(name, m) for name, m in model.named_modules() if hasattr(m, "lora_A")]
+    assert layers
+    for name, layer in layers:
+        w0 = reference.get_submodule(name.removeprefix("base_model.model.")).weight.detach()
+        q, r = torch.linalg.qr(w0)  # OLoRA: B = Q_r, A = R_r, W_res = W0 - B A (scale alpha / r = 1)
+        torch.testing.assert_close(layer.lora_B["default"].weight, q[:, :2], atol=1e-5, rtol=0)
+        torch.testing.assert_close(layer.base_layer.weight, w0 - q[:, :2] @ r[:2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(T.logits(model, batch), T.logits(reference, batch), atol=1e-5, rtol=0)
+    _randomise_adapter(model)
+    trained = T.logits(model, batch)
+    petl.save(model, tmp_path)
+    torch.testing.assert_close(T.logits(petl.load(T.build(arch, head), tmp_path), batch), trained, atol=1e-6, rtol=0)
+    base = petl.unwrap(model)
+    restored, original = base.state_dict(), reference.state_dict()
+    assert list(restored) == list(original) and all(torch.equal(restored[k], original[k]) for k in original)
 
 
 def test_rank_and_alpha_patterns_give_the_layers_their_own_shapes_and_scales() -> None:
