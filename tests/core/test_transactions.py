@@ -30,7 +30,7 @@ from petl.core.strategy import StrategyBase
 from petl.core.wrapping import is_wrapped
 from petl.errors import CheckpointError, PetlError, UnsupportedModelError
 from petl.modeling.configs import model_configs
-from petl.strategies import bottleneck, lora
+from petl.strategies import bottleneck, hooks, lora
 from petl.strategies.prefix import strategy as prefix
 
 ARCHS = [("bert", "seq-cls"), ("llama", "causal-lm"), ("t5", "seq2seq-lm")]
@@ -351,7 +351,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str, str],
 LOAD_POINTS: dict[str, tuple[Any, str]] = {
     "lora": (peft, "set_peft_model_state_dict"),
     "adalora": (peft, "set_peft_model_state_dict"),
-    "prefix": (prefix, "copy_checked"),
+    "prefix": (hooks, "copy_checked"),  # prefix's tensors are copied by OneModuleStrategy
     "bottleneck": (bottleneck, "copy_checked"),
 }
 
