@@ -196,10 +196,14 @@ class LoraStrategy(PeftTunerStrategy):
             layers_to_transform=list(c.layers_to_transform) if c.layers_to_transform is not None else None,
             **self._peft_options(model),
         )
-        # References, not copies: PiSSA swaps new tensors in, so only the replaced ones stay alive twice.
-        self._kept = [(p, p.data) for p in model.parameters()] if c.init.startswith(BASE_CHANGING_INITS) else []
         if c.init == "olora":  # OLoRA subtracts in place: copies of the weights of the layers it may adapt
-            self._kept = [(m.weight, m.weight.data.clone()) for m in _olora_layers(model, config)]
+            layers = _olora_layers(model, config)
+            if any(not m.weight.is_floating_point() for m in layers):
+                raise ConfigError("init='olora' cannot be used on a quantized base: peft replaces the quantized "
+                                  "weights with new ones, which petl.unwrap could not give back. Use init='default'.")
+            self._kept = [(m.weight, m.weight.data.clone()) for m in layers]
+        else:  # References, not copies: PiSSA swaps new tensors in, so only the replaced ones stay alive twice.
+            self._kept = [(p, p.data) for p in model.parameters()] if c.init.startswith(BASE_CHANGING_INITS) else []
         return config
 
     def _put_back_base(self) -> None:
@@ -302,8 +306,7 @@ def _olora_layers(model: nn.Module, config: peft.LoraConfig) -> list[nn.Module]:
     targets = config.target_modules
     if targets is None:
         targets = DEFAULTS.get(getattr(getattr(model, "config", None), "model_type", None))
-    weighted = [(name, m) for name, m in model.named_modules()
-                if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.is_floating_point()]
+    weighted = [(name, m) for name, m in model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)]
     if targets is None or targets == "all-linear":  # every layer with a weight: more than needed, never less
         return [m for _, m in weighted]
     named = dataclasses.replace(config, target_modules=targets)

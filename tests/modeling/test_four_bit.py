@@ -313,3 +313,13 @@ def test_dequantize_changes_nothing_on_a_full_precision_base(folders: dict[str, 
         merged = petl.merge(model, dequantize=True)  # the plain merge: nothing to dequantize, no warning
     with torch.no_grad():
         assert torch.allclose(merged(**batch).logits, before, atol=1e-5)
+
+
+def test_olora_is_refused_on_a_4bit_base_before_the_model_changes(folders: dict[str, Path]) -> None:
+    model = _llama(folders)
+    before = _stored(model)
+    with pytest.raises(ConfigError, match="init='olora' cannot be used on a quantized base"):
+        petl.wrap(model, "lora", init="olora")
+    after = _stored(model)
+    assert not is_wrapped(model) and set(after) == set(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
