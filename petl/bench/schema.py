@@ -201,6 +201,10 @@ class SearchSpec:
     trials at the same point (after two complete trials); ``"none"`` runs every trial to the end."""
     seed: int = 0
     """Seed of the sampler and of the validation split."""
+    trial_seeds: int = 1
+    """Training runs per trial, seeded ``seed``, ``seed + 1``, ...; the trial's score is their mean.
+    A learning rate that trains well on one seed and stalls on another scores low with 2 or more,
+    at that many times the search's cost."""
     jobs: int = 1
     """Trials run at once, each in its own worker process (``--jobs``)."""
     storage: str | None = None
@@ -221,6 +225,7 @@ class SearchSpec:
         v.check_choice("[search] sampler", self.sampler, SAMPLERS)
         v.check_choice("[search] pruner", self.pruner, PRUNERS)
         v.check_non_negative_int("[search] seed", self.seed)
+        v.check_positive_int("[search] trial_seeds", self.trial_seeds)
         v.check_positive_int("[search] jobs", self.jobs)
         v.check(self.storage is None or (isinstance(self.storage, str) and "://" in self.storage),
                 f"[search] storage must be an Optuna storage URL such as journal:///tmp/study.log or "

@@ -154,7 +154,9 @@ def search_section(result: BenchResult) -> list[str]:
     first = searched[0].search or {}
     lines = ["## Search", "",
              f"Optuna, {first.get('trials_requested')} trials per row, {first.get('sampler')} sampler, "
-             f"{first.get('pruner')} pruning on the validation loss; trials scored by {first.get('metric')} on a "
+             f"{first.get('pruner')} pruning on the validation loss; trials scored by {first.get('metric')}"
+             + (f" (the mean of {first['trial_seeds']} seeded runs)" if first.get("trial_seeds", 1) > 1 else "")
+             + " on a "
              f"validation split of {100 * first.get('validation_fraction', 0):.0f}% carved from the training data "
              "(the evaluation set is not read). Storage: " + f"`{first.get('storage')}`.", "",
              "| strategy | trial | state | params | validation score | chosen |", "|:---|---:|:---|:---|---:|:---|"]
@@ -164,6 +166,8 @@ def search_section(result: BenchResult) -> list[str]:
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in trial["params"].items())
             score = "-" if trial.get("score") is None else f"{trial['score']:.4f}"
+            if trial.get("seed_scores") and len(trial["seed_scores"]) > 1:
+                score += " (" + ", ".join(f"{x:.4f}" for x in trial["seed_scores"]) + ")"
             chosen = "yes" if trial["number"] == record.get("chosen_trial") else ""
             lines.append(f"| {row.label} | {trial['number']} | {trial['state'].lower()} | {params} | {score} | "
                          f"{chosen} |")

@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", action="store_true",
                    help="tune each row's learning rate (and declared options) with Optuna first ([search] table)")
     p.add_argument("--trials", type=int, metavar="N", help="trials per row of the search (overrides [search] trials)")
+    p.add_argument("--trial-seeds", type=int, metavar="K",
+                   help="training runs per search trial, scored by their mean (overrides [search] trial_seeds)")
     p.add_argument("--jobs", type=int, metavar="N", help="search trials run at once, each in its own process")
     p.add_argument("--storage", metavar="URL",
                    help="an Optuna storage shared by several machines: journal:///path/study.log or an RDB URL")
@@ -78,8 +80,9 @@ def _bench_config(args: argparse.Namespace) -> Any:
         config = config.replace(device=args.device)
     if args.epochs is not None:
         config = config.replace(train=dataclasses.replace(config.train, epochs=args.epochs))
-    changes = {key: value for key, value in (("enabled", True if args.search else None), ("trials", args.trials),
-                                              ("jobs", args.jobs), ("storage", args.storage)) if value is not None}
+    flags = (("enabled", True if args.search else None), ("trials", args.trials),
+             ("trial_seeds", args.trial_seeds), ("jobs", args.jobs), ("storage", args.storage))
+    changes = {key: value for key, value in flags if value is not None}
     if changes:
         config = config.replace(search=dataclasses.replace(config.search, **changes))
     if args.quick:

@@ -14,6 +14,7 @@ import optuna
 import pytest
 
 import petl.data
+from petl.bench import loading as worker_loading
 from petl.bench import runner, worker
 from petl.bench.config import BenchConfig
 from petl.bench.defaults import default_config
@@ -178,6 +179,29 @@ def test_a_study_is_resumed_only_for_the_settings_it_was_run_with(tiny_model_dir
     # so does a change of the data
     other = dataclasses.replace(config, data=dataclasses.replace(config.data, max_length=config.data.max_length + 8))
     assert study_name(other, row) != study_name(config, row)
+
+
+def test_trial_seeds_score_each_trial_by_the_mean_of_its_seeded_runs(tiny_model_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _searched(tiny_model_dir, trials=1, options=(), trial_seeds=2)
+    row = config.strategies[0]
+    assert study_name(config, row) != study_name(_searched(tiny_model_dir, trials=1, options=()), row)
+    seeds: list[int] = []
+    original = worker_loading.build_row_model
+
+    def spy(config: Any, row: Any, data: Any, tokenizer: Any, seed: int) -> Any:
+        seeds.append(seed)
+        return original(config, row, data, tokenizer, seed)
+
+    monkeypatch.setattr(worker_loading, "build_row_model", spy)
+    record = search_row(config, row, _spawn_here(tmp_path), storage=f"journal://{tmp_path / 's.log'}")
+    trial = record["trials"][0]
+    assert seeds == [0, 1] and trial["state"] == "COMPLETE"
+    assert len(trial["seed_scores"]) == 2 and trial["score"] == pytest.approx(sum(trial["seed_scores"]) / 2)
+    # each seed reports its evaluations on its own block of steps: 2 evaluations x 2 seeds
+    assert len(trial["intermediate"]) == 4 and record["trial_seeds"] == 2
+    with pytest.raises(ConfigError, match="trial_seeds"):
+        SearchSpec(trial_seeds=0)
 
 
 def test_cli_flags_and_defaults(tmp_path: Path) -> None:
