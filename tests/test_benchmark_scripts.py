@@ -84,6 +84,20 @@ def test_lora_step_time_script(tmp_path: Path) -> None:
     _check_environment(result, (tmp_path / "lora_step_time.md").read_text())
 
 
+def test_token_weighted_loss_script(tmp_path: Path) -> None:
+    _run("token_weighted_loss.py", "--quick", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "token_weighted_loss.json").read_text())
+    variants = result["case"]["variants"]
+    assert list(variants) == ["random order", "length-grouped", "length-grouped, token-weighted"]
+    assert {r["variant"] for r in result["runs"]} == set(variants) and len(result["runs"]) == 3
+    weighted, grouped = variants["length-grouped, token-weighted"], variants["length-grouped"]
+    # the same batches (same seed, both grouped), trained with other loss weights
+    assert weighted["padded_fraction"] == grouped["padded_fraction"] < variants["random order"]["padded_fraction"]
+    for v in (weighted, grouped):
+        assert v["difference_by_seed"] == [v["metric_runs"]["0"] - variants["random order"]["metric_runs"]["0"]]
+    _check_environment(result, (tmp_path / "token_weighted_loss.md").read_text())
+
+
 def test_padding_script(tmp_path: Path) -> None:
     _run("padding.py", "--quick", "--out", str(tmp_path))
     result = json.loads((tmp_path / "padding.json").read_text())

@@ -96,6 +96,13 @@ class TrainConfig:
     ``benchmarks/results/length_grouping_default.md`` have the numbers. Applies to map-style data
     with ``input_ids``: not to a stream (no lengths), nor with ``packing`` (which removes the
     padding itself)."""
+    token_weighted_loss: bool = False
+    """Token classification, causal LM and seq2seq: weigh each micro-batch's loss (the mean over
+    its labelled tokens, as the model computes it) by its labelled tokens over those of an
+    average batch of as many examples, so that every labelled token of an epoch counts alike
+    whatever batch it lands in. Without it a batch of short examples weighs as much as one of
+    long examples, which matters with ``group_by_length`` (batches of one length); with random
+    batches the weights stay near 1. Off by default (see ``benchmarks/results/padding.md``)."""
     packing: bool = False
     """Causal LM only: pack the examples of each batch end to end into rows as long as its longest
     example, positions restarting and attention kept within each example
@@ -178,6 +185,7 @@ class TrainConfig:
               f"got {self.metric_for_best!r}.")
         check_bool("group_by_length", self.group_by_length)
         check_bool("packing", self.packing)
+        check_bool("token_weighted_loss", self.token_weighted_loss)
         check_positive_int("max_new_tokens", self.max_new_tokens)
         check_positive_int("num_beams", self.num_beams)
         check_positive_int("eval_generate_examples", self.eval_generate_examples, allow_none=True)

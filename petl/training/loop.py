@@ -241,7 +241,7 @@ class TrainLoop:
 
     def _micro_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         run = self.run
-        loss = training_loss(run.model, batch, run.strategy, run.unwrapped)
+        loss = training_loss(run.model, batch, run.strategy, run.unwrapped, run.token_scale, run.task)
         self.acc.backward(loss)
         return loss.detach().float()
 

@@ -50,17 +50,21 @@ import torch
 from torch.utils.data import Sampler
 
 from petl.data.packing import PackingCollator, check_packing
+from petl.tasks import IGNORE_INDEX
 from petl.training.config import TrainConfig
 from petl.training.data import EpochOrder, is_stream
 
 __all__ = [
     "LengthGroupedOrder",
     "LengthOrder",
+    "TOKEN_AVERAGED_TASKS",
     "check_packing",
     "eval_order",
     "example_lengths",
     "grouped_steps",
     "groups_by_length",
+    "labelled_tokens",
+    "mean_labelled_tokens",
     "training_collator",
     "training_order",
 ]
@@ -82,6 +86,35 @@ def example_lengths(dataset: Any) -> list[int] | None:
             return None
         lengths.append(len(ids))
     return lengths
+
+
+TOKEN_AVERAGED_TASKS = ("token-classification", "causal-lm", "seq2seq")
+"""Tasks whose models average the loss over a batch's labelled tokens (``labels != -100``)."""
+
+
+def labelled_tokens(labels: Any, task: str) -> int:
+    """The labelled positions the model's loss averages over: ``labels != -100``, but for
+    ``causal-lm`` not the first position, which no token predicts (the model shifts the labels)."""
+    labels = torch.as_tensor(labels)
+    if task == "causal-lm":
+        labels = labels[..., 1:]
+    return int((labels != IGNORE_INDEX).sum())
+
+
+def mean_labelled_tokens(dataset: Any, task: str) -> float | None:
+    """The mean of :func:`labelled_tokens` over the examples, or ``None`` when an example has no
+    ``labels`` list (a stream, or labels the collator builds)."""
+    rows = getattr(dataset, "examples", None)
+    if is_stream(dataset) or len(dataset) == 0:
+        return None
+    total = 0
+    for index in range(len(dataset)):
+        row = rows[index] if rows is not None else dataset[index]
+        labels = row.get("labels") if isinstance(row, dict) else None
+        if not isinstance(labels, (list, tuple, torch.Tensor)):
+            return None
+        total += labelled_tokens(labels, task)
+    return total / len(dataset)
 
 
 def grouped_steps(lengths: Sequence[int], step_size: int, generator: torch.Generator) -> list[list[int]]:

@@ -45,7 +45,14 @@ from petl.training.launch import (
     single_process_launch,
     warn_about_launch,
 )
-from petl.training.sampling import check_packing, eval_order, training_collator, training_order
+from petl.training.sampling import (
+    TOKEN_AVERAGED_TASKS,
+    check_packing,
+    eval_order,
+    mean_labelled_tokens,
+    training_collator,
+    training_order,
+)
 from petl.training.step import build_optimizer
 
 __all__ = ["CONFIG_NAME", "Run", "check_output_dir", "prepare_run"]
@@ -158,6 +165,9 @@ class Run:
     snapshot: ModelSnapshot
     enabled_checkpointing: bool
     enabled_input_grads: bool
+    token_scale: float | None = None
+    """With ``token_weighted_loss``: the mean labelled tokens per training example, which a
+    micro-batch's loss is weighed against (:func:`~petl.training.step.training_loss`)."""
     generation: Any = None
     """What the evaluation also generates and scores (:mod:`petl.training.generation`); ``None``: nothing."""
 
@@ -302,6 +312,19 @@ def prepare_run(
         )
     if config.packing:
         check_packing(model, data.task)  # a forward pass on tiny inputs; the model's modes are put back
+    token_scale = None
+    if config.token_weighted_loss:
+        if data.task not in TOKEN_AVERAGED_TASKS:
+            raise ConfigError(
+                f"token_weighted_loss=True weighs losses averaged over tokens ({', '.join(TOKEN_AVERAGED_TASKS)}), "
+                f"but the task is {data.task!r}, whose loss already weighs every example alike. "
+                "Train with token_weighted_loss=False.")
+        token_scale = mean_labelled_tokens(data.train, data.task)
+        if not token_scale:
+            raise ConfigError(
+                "token_weighted_loss=True needs the training examples' labels to count their labelled tokens, "
+                "but the training set is a stream or its examples carry no labels list (or none labelled). "
+                "Train with token_weighted_loss=False, or pass tokenised examples with labels.")
     evaluator, known_metrics = _evaluation(data, evaluator)
     generation = generation_settings(config, data)
     if generation is not None and known_metrics is not None:
@@ -310,7 +333,7 @@ def prepare_run(
     flags = {"checkpointing": False, "input_grads": False}
     try:
         run = _build_run(model, data, config, output_dir, evaluator, known_metrics, snapshot, flags)
-        run.generation = generation
+        run.generation, run.token_scale = generation, token_scale
         return run
     except BaseException:
         _undo_setup(model, snapshot, flags["checkpointing"], flags["input_grads"])

@@ -44,7 +44,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.o
 
 
 def training_loss(
-    model: nn.Module, batch: dict[str, torch.Tensor], strategy: Any, unwrapped: nn.Module
+    model: nn.Module, batch: dict[str, torch.Tensor], strategy: Any, unwrapped: nn.Module,
+    token_scale: float | None = None, task: str | None = None,
 ) -> torch.Tensor:
     """The task loss of ``batch`` plus the strategy's regulariser.
 
@@ -53,6 +54,10 @@ def training_loss(
         batch: Model inputs with ``labels``.
         strategy: The model's strategy, or ``None`` under full fine-tuning.
         unwrapped: The user's model, which the strategy's hooks see.
+        token_scale: With ``TrainConfig.token_weighted_loss``, the mean labelled tokens per
+            training example: the task loss (a mean over the batch's labelled tokens) is multiplied
+            by ``labelled tokens / (token_scale * examples)``, its share of an average batch.
+        task: The task (needed with ``token_scale``: causal LM does not count its first position).
 
     Raises:
         PetlError: The model returned no loss (the batch has no labels).
@@ -63,6 +68,11 @@ def training_loss(
             f"The {type(unwrapped).__name__} returned no loss: its batches need `labels`. "
             "Check that the data's collator returns labels for this task."
         )
+    if token_scale is not None:
+        from petl.training.sampling import labelled_tokens
+
+        labels = batch["labels"]
+        loss = loss * (labelled_tokens(labels, task or "") / (token_scale * labels.shape[0]))
     if strategy is not None:
         extra = strategy.regularization_loss(unwrapped)
         if extra is not None:

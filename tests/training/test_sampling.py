@@ -262,3 +262,45 @@ def test_sorted_evaluation_gives_the_metrics_of_the_natural_order() -> None:
     natural, ordered = results
     assert natural.keys() == ordered.keys() and set(natural) >= {"eval_loss", "eval_f1", "eval_accuracy"}
     assert all(ordered[k] == pytest.approx(natural[k], rel=1e-6) for k in natural)
+
+
+def test_token_weighted_loss_weighs_each_batch_by_its_labelled_tokens() -> None:
+    import torch.nn.functional as F
+
+    from petl.training.setup import prepare_run
+    from petl.training.step import training_loss
+
+    data = task_data("token-classification", n_train=12, n_eval=0)
+    mean = sum(len(e["labels"]) for e in data.train.examples) / 12  # every token is labelled here
+    model = petl.wrap(tm.build("bert", "token-cls"), "lora", r=4)
+    run = prepare_run(model, data, TrainConfig(token_weighted_loss=True, batch_size=4), None, None)
+    try:
+        assert run.token_scale == pytest.approx(mean)
+        batch = data.collator(data.train.examples[:3])
+        batch["labels"][0, 1] = -100  # one position without a label
+        model.eval()  # no dropout: both forwards below see the same model
+        weighed = training_loss(model, batch, None, model, run.token_scale, "token-classification")
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        total = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum", ignore_index=-100)
+        # the sum of the batch's token losses over the labelled tokens of an average batch of 3 examples
+        assert float(weighed.detach()) == pytest.approx(float(total.detach()) / (mean * 3), rel=1e-5)
+    finally:
+        run.close()
+    # a causal LM's first position predicts nothing: it is not counted even where it has a label
+    from petl.training.sampling import labelled_tokens, mean_labelled_tokens
+
+    assert labelled_tokens([5, 6, -100, 7], "causal-lm") == 2 and labelled_tokens([5, 6, -100, 7], "seq2seq") == 3
+    rows = TokenizedDataset([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [1, 2], "labels": [-100, 2]}])
+    assert mean_labelled_tokens(rows, "causal-lm") == pytest.approx(1.5)
+
+
+def test_token_weighted_loss_is_refused_where_the_loss_weighs_examples() -> None:
+    from petl.training.setup import prepare_run
+
+    model = tm.build("bert", "seq-cls")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="token_weighted_loss"):
+        prepare_run(model, task_data("sequence-classification"), TrainConfig(token_weighted_loss=True), None, None)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match="token_weighted_loss"):
+        TrainConfig(token_weighted_loss=1)
