@@ -123,3 +123,23 @@ def test_estimate_accuracy_script(tmp_path: Path) -> None:
         assert abs(case["mmap_64k"]["error_pct"]) <= result["summary"]["target_pct"]
         assert case["glibc_default"]["measured_mib"] > 0
     _check_environment(result, (tmp_path / "estimate_accuracy.md").read_text())
+
+
+def test_paired_rows_script_matches_the_difference_a_run_computes_itself(tmp_path: Path) -> None:
+    import shutil
+
+    tuned = ROOT / "benchmarks" / "results" / "sst2_minilm_tuned"
+    shutil.copy(tuned / "results.json", tmp_path / "results.json")
+    _run("paired_rows.py", str(tuned), "full", str(tmp_path), "lora")
+    record = json.loads((tmp_path / "paired_lora_vs_full.json").read_text())
+    lora = next(r for r in json.loads((tuned / "results.json").read_text())["results"] if r["label"] == "lora")
+    assert record["difference"]["mean"] == pytest.approx(lora["diff_to_full"])
+    assert [record["difference"]["low"], record["difference"]["high"]] == pytest.approx(lora["diff_ci"])
+    assert record["indistinguishable"] == lora["indistinguishable"]
+    # runs on other data are refused
+    other = json.loads((tmp_path / "results.json").read_text())
+    other["data"]["max_length"] = 128
+    (tmp_path / "results.json").write_text(json.dumps(other))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paired_rows.py"), str(tuned), "full",
+                           str(tmp_path), "lora"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "differ in data" in done.stderr
