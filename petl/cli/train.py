@@ -214,8 +214,8 @@ def run(args: argparse.Namespace) -> int:
     from petl.core.wrapping import wrap
     from petl.modeling.loading import load_model, load_tokenizer
     from petl.training import train
+    from petl.training.output_dir import check_output_dir
     from petl.training.resume import check_resume_options
-    from petl.training.setup import check_output_dir
 
     config = _train_config(args)  # validate every option before loading anything
     quantization = _quantization(args)

@@ -2,7 +2,8 @@
 and putting the model back as it was afterwards.
 
 Everything here runs before the first step, so bad input (no trainable parameters,
-labels beyond the model's head, an unwritable output folder) fails fast, and
+labels beyond the model's head, an unwritable output folder, checked by
+:func:`petl.training.output_dir.check_output_dir`) fails fast, and
 :meth:`Run.close` undoes what the setup changed on the user's model (the
 mixed-precision forward wrapper, gradient checkpointing, every attribute Accelerate
 or transformers set on it or its submodules, each module's train/eval mode), also
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ from petl.errors import ConfigError, PetlError
 from petl.files import atomic_write_json, replace_dir
 from petl.tasks import CLASSIFICATION_TASKS, LM_TASKS, REPORTED_METRICS
 from petl.threads import warn_once_if_oversubscribed
-from petl.training.checkpoint import latest_checkpoint
 from petl.training.config import TrainConfig, default_learning_rate
 from petl.training.data import CheckedCollator, EpochOrder, is_stream
 from petl.training.evaluation import EvaluatorFactory
@@ -41,7 +39,6 @@ from petl.training.generation import generation_settings
 from petl.training.launch import (
     cpu_processes,
     fsdp_without_device,
-    partial_state,
     single_process_launch,
     warn_about_launch,
 )
@@ -55,55 +52,11 @@ from petl.training.sampling import (
 )
 from petl.training.step import build_optimizer
 
-__all__ = ["CONFIG_NAME", "Run", "check_output_dir", "prepare_run"]
+__all__ = ["CONFIG_NAME", "Run", "prepare_run"]
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "train_config.json"
-
-
-def check_output_dir(output_dir: str | None, *, resume: bool = False) -> Path | None:
-    """Create ``output_dir`` and prove it writable, before any training time is spent.
-
-    The main process creates and probes the folder; the others only check that they
-    can write there, so under data parallelism no other process writes a file. A fresh
-    run (``resume=False``) refuses a folder that holds an earlier run's checkpoints:
-    checkpoint rotation keeps the highest step numbers, so the new run would delete its
-    own checkpoints and a later resume would pick up the old run.
-
-    Raises:
-        PetlError: The folder cannot be created or written (on every process), or it
-            holds checkpoints and ``resume`` is false.
-    """
-    if output_dir is None:
-        return None
-    state = partial_state()
-    folder = Path(output_dir)
-    problem: str | None = None
-    if state.is_main_process:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".petl-write-test.", dir=folder)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as exc:
-            problem = str(exc.strerror or exc)
-    state.wait_for_everyone()  # every process reaches this, failing or not, so none waits forever
-    if problem is None and not state.is_main_process and not (folder.is_dir() and os.access(folder, os.W_OK)):
-        problem = "the main process could not create it, or this process cannot write there"
-    if problem is not None:
-        raise PetlError(
-            f"The output folder {folder} is not writable ({problem}). "
-            "Choose another output_dir (--output), or fix its permissions."
-        )
-    earlier = None if resume else latest_checkpoint(folder)
-    if earlier is not None:
-        raise PetlError(
-            f"The output folder {folder} holds {earlier.name} of an earlier run. Pass resume=True (--resume) to "
-            "continue that run, or choose a new output folder: a fresh run would delete its own checkpoints and "
-            "leave the earlier run's."
-        )
-    return folder
 
 
 class ModelSnapshot:

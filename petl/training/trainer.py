@@ -66,7 +66,8 @@ from petl.training.config import TrainConfig
 from petl.training.data import resolve_data
 from petl.training.evaluation import EvaluatorFactory
 from petl.training.loop import TrainLoop, TrainResult
-from petl.training.setup import check_output_dir, prepare_run
+from petl.training.output_dir import check_output_dir
+from petl.training.setup import prepare_run
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
