@@ -59,6 +59,7 @@ __all__ = [
     "available_cpus",
     "check_oversubscription",
     "configure",
+    "fitting_threads",
     "set_wait_policy",
     "warn_once_if_oversubscribed",
 ]
@@ -88,7 +89,8 @@ class ThreadSettings:
             number it will be asked for; torch caps a number from the environment at
             the machine's logical CPUs.
         threads_by: Where that number comes from: ``"argument"`` (``threads``),
-            ``"environment"`` (the user's ``OMP_NUM_THREADS``), ``"cpu quota"`` (a
+            ``"load"`` (``threads="auto"``: the CPUs others left free), ``"environment"``
+            (the user's ``OMP_NUM_THREADS``), ``"cpu quota"`` (a
             cgroup limit below the CPUs in the affinity mask) or ``"default"`` (torch's
             own choice: one per CPU this process may use).
         cpus: The CPUs this process may use (:func:`available_cpus`).
@@ -193,12 +195,34 @@ def set_wait_policy(env: MutableMapping[str, str]) -> bool:
     return True
 
 
-def configure(threads: int | None = None) -> ThreadSettings:
+def fitting_threads() -> int | None:
+    """The intra-op threads that fit beside the other processes' load right now: the CPUs this
+    process may use less the threads other processes keep runnable (their share of them, as
+    :func:`check_oversubscription` counts it), at least 1; ``None`` when the load cannot be read."""
+    try:
+        reading = _load_reading()
+        cpus = available_cpus()
+    except Exception:  # noqa: BLE001 - a diagnostic must never stop a run
+        logger.debug("Could not read the CPU load", exc_info=True)
+        return None
+    if reading.others_running is not None:
+        others = reading.others_running
+    elif reading.load_average is not None:
+        others = round(reading.load_average)
+    else:
+        return None
+    competing = round(others * cpus / max(cpus, _machine_cpus()))
+    return max(1, cpus - competing)
+
+
+def configure(threads: int | str | None = None) -> ThreadSettings:
     """Make torch's CPU threads behave on a shared machine; call it before ``import torch``.
 
     Sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already has a wait policy.
     With ``threads``, sets ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` to it (replacing
-    values in the environment: the argument is the more specific wish). Without it, a
+    values in the environment: the argument is the more specific wish). ``threads="auto"``
+    is :func:`fitting_threads`: the CPUs other processes leave free when it is called (all of
+    them on an idle machine); where the load cannot be read it acts as ``None``. Without it, a
     thread count already in the environment is kept, and otherwise torch keeps its
     default of one thread per CPU this process may use; only where a cgroup quota allows
     fewer CPUs than that (a container with a CPU limit, where torch would start a thread
@@ -213,17 +237,23 @@ def configure(threads: int | None = None) -> ThreadSettings:
     Raises:
         ConfigError: ``threads`` is not a positive integer.
     """
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be a positive integer (the CPU threads torch may use), got {threads!r}. "
-                          "Pass a number such as 1 or 2, or None to keep torch's default.")
+    if threads is not None and threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
+                                                      or threads < 1):
+        raise ConfigError(f"threads must be a positive integer (the CPU threads torch may use) or 'auto', got "
+                          f"{threads!r}. Pass a number such as 1 or 2, 'auto' for the CPUs other processes leave "
+                          "free, or None to keep torch's default.")
     env = os.environ
     torch = sys.modules.get("torch")
     policy_set = set_wait_policy(env)
     cpus = available_cpus()
-    count, by = (threads, "argument") if threads is not None else (_env_threads(env), "environment")
+    if threads == "auto":
+        fitted = fitting_threads()
+        count, by = (fitted, "load") if fitted is not None else (_env_threads(env), "environment")
+    else:
+        count, by = (threads, "argument") if threads is not None else (_env_threads(env), "environment")
     if count is None:
         count, by = cpus, "cpu quota" if cpus < _affinity_cpus() else "default"
-    if by == "argument":
+    if by in ("argument", "load"):
         env.update({name: str(count) for name in _THREAD_VARIABLES})
     elif by == "cpu quota":
         for name in _THREAD_VARIABLES:
@@ -239,7 +269,7 @@ def configure(threads: int | None = None) -> ThreadSettings:
                            "processes started from now on; this one keeps spinning threads. Set OMP_WAIT_POLICY=%s "
                            "in the environment, or call petl.threads.configure() before importing torch.",
                            WAIT_POLICY, WAIT_POLICY)
-        if by in ("argument", "cpu quota"):
+        if by in ("argument", "load", "cpu quota"):
             torch.set_num_threads(count)
         count = torch.get_num_threads()
     by_petl = "petl" if _state["set_policy"] and env["OMP_WAIT_POLICY"] == WAIT_POLICY else "user"

@@ -200,3 +200,32 @@ def test_the_real_reading_on_linux() -> None:
     assert reading.others_running is not None and reading.others_running >= 0
     assert reading.load_average is not None and reading.load_average >= 0
     assert threads._own_running_threads() >= 1
+
+
+@pytest.mark.parametrize(("reading", "settings", "fitted"), [
+    (threads.LoadReading(0.1, 0), {}, 2),  # idle: every CPU
+    (threads.LoadReading(1.0, 1), {}, 1),  # one busy process on two CPUs: the other one
+    (threads.LoadReading(3.0, 3), {}, 1),  # more busy than CPUs: still one thread
+    (threads.LoadReading(1.4, None), {"cpus": 4}, 3),  # no /proc: the load average stands in
+    (threads.LoadReading(16.0, 16), {"cpus": 4, "machine_cpus": 64}, 3),  # its share of 16 busy on 64 CPUs
+    (threads.LoadReading(None, None), {}, None),  # nothing to read
+])
+def test_fitting_threads_are_the_cpus_the_others_leave_free(
+    environment: pytest.MonkeyPatch, reading: threads.LoadReading, settings: dict, fitted: int | None
+) -> None:
+    _machine(environment, reading, **settings)
+    assert threads.fitting_threads() == fitted
+
+
+def test_configure_auto_sets_the_fitting_count_and_falls_back_without_a_reading(
+    environment: pytest.MonkeyPatch) -> None:
+    _machine(environment, threads.LoadReading(1.0, 1))
+    settings = threads.configure(threads="auto")  # torch is loaded here: the count is applied at once
+    assert (settings.threads, settings.threads_by) == (1, "load") and torch.get_num_threads() == 1
+    assert os.environ["OMP_NUM_THREADS"] == "1" == os.environ["MKL_NUM_THREADS"]  # for child processes
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        environment.delenv(name)
+    _machine(environment, threads.LoadReading(None, None))
+    assert threads.configure(threads="auto").threads_by in ("default", "cpu quota")
+    with pytest.raises(ConfigError, match="'auto'"):
+        threads.configure(threads="some")

@@ -33,11 +33,21 @@ def parse_set(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def _thread_count(raw: str) -> int | str:
+    """``--threads``'s type: a positive integer or ``auto``."""
+    if raw.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {raw!r}") from None
+
+
 def add_threads_argument(parser: argparse.ArgumentParser | Any) -> None:
-    """Add ``--threads N`` to a subcommand's parser (or one of its argument groups)."""
-    parser.add_argument("--threads", type=int, metavar="N",
+    """Add ``--threads N|auto`` to a subcommand's parser (or one of its argument groups)."""
+    parser.add_argument("--threads", type=_thread_count, metavar="N|auto",
                         help="CPU threads for torch (default: OMP_NUM_THREADS, else one per CPU this process may "
-                             "use); fewer on a machine shared with other jobs. petl also sets "
+                             "use); 'auto' starts as many as the CPUs other processes leave free. petl also sets "
                              "OMP_WAIT_POLICY=PASSIVE unless it is set")
 
 
@@ -46,10 +56,10 @@ def configure_threads(args: argparse.Namespace) -> ThreadSettings:
     anything imports torch (see :mod:`petl.threads`).
 
     Raises:
-        ConfigError: ``--threads`` is not a positive integer.
+        ConfigError: ``--threads`` is neither a positive integer nor ``auto``.
     """
     count = getattr(args, "threads", None)
-    if count is not None and count < 1:
-        raise ConfigError(f"--threads must be a positive integer, got {count}. Pass --threads 1 or more, or leave "
-                          "it out for one thread per CPU.")
+    if isinstance(count, int) and count < 1:
+        raise ConfigError(f"--threads must be a positive integer or 'auto', got {count}. Pass --threads 1 or more, "
+                          "'auto' for the CPUs other processes leave free, or leave it out for one thread per CPU.")
     return configure(count)

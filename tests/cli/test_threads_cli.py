@@ -87,13 +87,35 @@ def test_a_thread_count_below_one_is_one_line_and_exit_code_2(command: str, valu
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command, *REQUIRED[command], "--threads", value]) == 2
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == [f"petl {command}: error: --threads must be a positive integer, got {value}. "
-                                         "Pass --threads 1 or more, or leave it out for one thread per CPU."]
+    assert captured.err.splitlines() == [f"petl {command}: error: --threads must be a positive integer or 'auto', got "
+                                         f"{value}. Pass --threads 1 or more, 'auto' for the CPUs other processes "
+                                         "leave free, or leave it out for one thread per CPU."]
     assert captured.out == ""
+
+
+@pytest.mark.parametrize("command", sorted(REQUIRED))
+def test_a_thread_count_that_is_no_number_is_refused_by_the_parser(command: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([command, *REQUIRED[command], "--threads", "many"])
+    assert exit_.value.code == 2
+    assert "argument --threads: expected a positive integer or 'auto', got 'many'" in capsys.readouterr().err
+
+
+def test_threads_auto_starts_the_threads_the_load_leaves_free() -> None:
+    """``--threads auto`` on this machine: as many threads as ``fitting_threads`` finds free,
+    which the run reports in the environment it sets (the load may change between the two
+    readings, so the child's own count is compared with the environment it was given)."""
+    out, _ = _petl(*ESTIMATE, "--threads", "auto")
+    assert out["code"] == 0 and out["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    given = out["env"]["OMP_NUM_THREADS"]
+    assert given is not None and 1 <= int(given) <= (os.cpu_count() or 1)
+    assert out["threads"] == int(given)
 
 
 def test_every_subcommand_has_the_option() -> None:
     parser = build_parser()
     for command, required in REQUIRED.items():
         assert parser.parse_args([command, *required, "--threads", "3"]).threads == 3
+        assert parser.parse_args([command, *required, "--threads", "AUTO"]).threads == "auto"
         assert parser.parse_args([command, *required]).threads is None
