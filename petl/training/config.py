@@ -102,7 +102,9 @@ class TrainConfig:
     average batch of as many examples, so that every labelled token of an epoch counts alike
     whatever batch it lands in. Without it a batch of short examples weighs as much as one of
     long examples, which matters with ``group_by_length`` (batches of one length); with random
-    batches the weights stay near 1. Off by default (see ``benchmarks/results/padding.md``)."""
+    batches the weights stay near 1. Off by default: on CoNLL-2003 with length grouping it won
+    back only 0.006 of the 0.022 F1 grouping lost (4 seeds, within noise;
+    ``benchmarks/results/token_weighted_loss.md``)."""
     packing: bool = False
     """Causal LM only: pack the examples of each batch end to end into rows as long as its longest
     example, positions restarting and attention kept within each example
