@@ -23,8 +23,11 @@ from typing import Any
 from petl.bench.stats import mean_interval, paired_difference
 from petl.files import atomic_write_text
 
-SAME = ("data", "timing")
+SAME = ("data",)
 """Top-level entries of ``results.json`` the two runs must agree on."""
+TIMING_MEASURED = ("timings", "errors", "wall_time_s")
+"""Entries of ``results.json``'s ``timing`` that each run measures for its own rows; the rest (the
+warm-up, steps, batches and their shapes) is the setup both runs must share."""
 SAME_CONFIG = ("task", "metric", "model", "data", "train", "seeds")
 """Entries of the recorded config the two runs must agree on."""
 
@@ -42,6 +45,9 @@ def compare(base_dir: Path, base_label: str, other_dir: Path, other_label: str) 
     for key in SAME:
         if base.get(key) != other.get(key):
             raise SystemExit(f"The runs differ in {key}: {base.get(key)!r} against {other.get(key)!r}.")
+    setups = [{k: v for k, v in (run.get("timing") or {}).items() if k not in TIMING_MEASURED} for run in (base, other)]
+    if setups[0] != setups[1]:
+        raise SystemExit(f"The runs differ in their timing setup: {setups[0]!r} against {setups[1]!r}.")
     for key in SAME_CONFIG:
         if base["config"].get(key) != other["config"].get(key):
             raise SystemExit(f"The runs' configs differ in {key}: {base['config'].get(key)!r} against "

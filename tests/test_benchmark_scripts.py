@@ -126,10 +126,12 @@ def test_estimate_accuracy_script(tmp_path: Path) -> None:
 
 
 def test_paired_rows_script_matches_the_difference_a_run_computes_itself(tmp_path: Path) -> None:
-    import shutil
 
     tuned = ROOT / "benchmarks" / "results" / "sst2_minilm_tuned"
-    shutil.copy(tuned / "results.json", tmp_path / "results.json")
+    rerun = json.loads((tuned / "results.json").read_text())
+    rerun["timing"]["timings"] = {"lora": {"step_time_ms": 1.0}}  # a rerun of one row times only that row
+    rerun["timing"]["wall_time_s"] = 1.0
+    (tmp_path / "results.json").write_text(json.dumps(rerun))
     _run("paired_rows.py", str(tuned), "full", str(tmp_path), "lora")
     record = json.loads((tmp_path / "paired_lora_vs_full.json").read_text())
     lora = next(r for r in json.loads((tuned / "results.json").read_text())["results"] if r["label"] == "lora")
@@ -143,3 +145,10 @@ def test_paired_rows_script_matches_the_difference_a_run_computes_itself(tmp_pat
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paired_rows.py"), str(tuned), "full",
                            str(tmp_path), "lora"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0 and "differ in data" in done.stderr
+    # and so are runs timed on other batches
+    other["data"]["max_length"] = rerun["data"]["max_length"]
+    other["timing"]["batch_size"] = 16
+    (tmp_path / "results.json").write_text(json.dumps(other))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paired_rows.py"), str(tuned), "full",
+                           str(tmp_path), "lora"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "differ in their timing setup" in done.stderr
