@@ -46,7 +46,11 @@ class QADataset(TokenizedDataset):
         references: Each question's reference answer texts.
         ids: Each question's id.
         scoring: How answers are scored: ``"auto"``, ``"squad"`` or ``"cmrc2018"``.
+        in_order_evaluation: Always true: the evaluator reads the n-th window's logits with the
+            n-th window's offsets, so evaluation batches keep the set's order (no length sort).
     """
+
+    in_order_evaluation = True
 
     def __init__(self, examples: Sequence[dict[str, Any]], *, windows: Sequence[tuple[int, list]],
                  contexts: Sequence[str], references: Sequence[list[str]], ids: Sequence[str],

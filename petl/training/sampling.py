@@ -219,7 +219,11 @@ def training_order(train: Any, config: TrainConfig, processes: int = 1) -> Epoch
 
 def eval_order(dataset: Any) -> LengthOrder | None:
     """The sampler of the evaluation set: longest first, or ``None`` (the set's own order) when
-    its examples have no ``input_ids`` list to measure."""
+    its examples have no ``input_ids`` list to measure, or when the set says its evaluation reads
+    the examples in its own order (``in_order_evaluation``: question answering, whose evaluator
+    maps the n-th window's logits back through the n-th window's offsets)."""
+    if getattr(dataset, "in_order_evaluation", False):
+        return None
     lengths = example_lengths(dataset)
     return LengthOrder(lengths) if lengths is not None else None
 

@@ -112,3 +112,35 @@ def test_a_family_without_a_span_head_is_refused_by_name(tmp_path: Path) -> None
                         intermediate_size=64, vocab_size=128, head_dim=16).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match=r"'gemma3_text'.*no question-answering .*--task causal-lm"):
         load_model(str(tmp_path), "question-answering")
+
+
+class _Oracle(torch.nn.Module):
+    """Start and end logits that point at each window's labelled span: scored in the right
+    order its spans are the gold answers, so exact match is 1."""
+
+    def forward(self, input_ids: torch.Tensor, start_positions: torch.Tensor, end_positions: torch.Tensor,
+                **_: Any) -> Any:
+        def peak(positions: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(positions, input_ids.shape[1]).float() * 10
+
+        return tf.modeling_outputs.QuestionAnsweringModelOutput(start_logits=peak(start_positions),
+                                                                end_logits=peak(end_positions))
+
+
+def test_the_evaluation_loader_keeps_the_windows_in_the_order_the_evaluator_reads_them(
+        setup: dict[str, Any]) -> None:
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from petl.metrics.qa import QuestionAnsweringEvaluator
+    from petl.training.evaluation import evaluate
+    from petl.training.sampling import eval_order
+
+    data = petl.data.load_task_data("question-answering", None, setup["data"], tokenizer=setup["tok"],
+                                    max_length=32, doc_stride=8)
+    lengths = [len(example["input_ids"]) for example in data.eval.examples]
+    assert sorted(lengths, reverse=True) != lengths  # a length sort would reorder these windows
+    loader = DataLoader(data.eval, batch_size=4, sampler=eval_order(data.eval), collate_fn=data.collator)
+    metrics = evaluate(_Oracle(), loader, task="question-answering", accelerator=Accelerator(cpu=True),
+                       evaluator=QuestionAnsweringEvaluator.for_dataset(data.eval))
+    assert metrics["eval_exact_match"] == 1.0 and metrics["eval_f1"] == 1.0
