@@ -199,6 +199,18 @@ def fitting_threads() -> int | None:
     """The intra-op threads that fit beside the other processes' load right now: the CPUs this
     process may use less the threads other processes keep runnable (their share of them, as
     :func:`check_oversubscription` counts it), at least 1; ``None`` when the load cannot be read."""
+    load = _competing_load()
+    if load is None:
+        return None
+    _, cpus, _, competing = load
+    return max(1, cpus - competing)
+
+
+def _competing_load() -> tuple[LoadReading, int, int, int] | None:
+    """``(reading, cpus, others, competing)``: the load reading, the CPUs this process may use,
+    the threads other processes keep runnable, and those of them on these CPUs (where this
+    process may use only some of the machine's CPUs, its share of the others' load); ``None``
+    when the load cannot be read."""
     try:
         reading = _load_reading()
         cpus = available_cpus()
@@ -211,8 +223,7 @@ def fitting_threads() -> int | None:
         others = round(reading.load_average)
     else:
         return None
-    competing = round(others * cpus / max(cpus, _machine_cpus()))
-    return max(1, cpus - competing)
+    return reading, cpus, others, round(others * cpus / max(cpus, _machine_cpus()))
 
 
 def configure(threads: int | str | None = None) -> ThreadSettings:
@@ -334,21 +345,15 @@ def check_oversubscription() -> str | None:
         The warning, with what to change, or ``None`` when the CPUs suffice or the load
         cannot be read.
     """
+    load = _competing_load()
+    if load is None:
+        return None
+    reading, cpus, others, competing = load
     try:
-        reading = _load_reading()
-        cpus = available_cpus()
         threads = _torch_threads(cpus)
     except Exception:  # noqa: BLE001 - a diagnostic must never stop a run
-        logger.debug("Could not read the CPU load", exc_info=True)
+        logger.debug("Could not read torch's thread count", exc_info=True)
         return None
-    if reading.others_running is not None:
-        others = reading.others_running
-    elif reading.load_average is not None:
-        others = round(reading.load_average)
-    else:
-        return None
-    # Where this process may use only some of the machine's CPUs, its share of the others' load.
-    competing = round(others * cpus / max(cpus, _machine_cpus()))
     if competing + threads <= cpus:
         return None
     load = f" (load average {reading.load_average:.2f})" if reading.load_average is not None else ""
