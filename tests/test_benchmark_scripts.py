@@ -59,14 +59,17 @@ def test_import_time_script(tmp_path: Path) -> None:
 def test_shared_cpu_script(tmp_path: Path) -> None:
     _run("shared_cpu.py", "--quick", "--out", str(tmp_path))
     result = json.loads((tmp_path / "shared_cpu.json").read_text())
-    assert set(result["cells"]) == {"0/default", "0/petl", "1/default", "1/petl"}
+    settings = ("default", "petl", "petl-auto")
+    assert set(result["cells"]) == {f"{load}/{setting}" for load in (0, 1) for setting in settings}
     assert all(cell["median_s"] > 0 and cell["steps"] == 2 for cell in result["cells"].values())
     assert result["cells"]["0/petl"]["ratio_to_idle"] == 1.0
     runs = {(r["load"], r["setting"]): r for r in result["runs"]}
     assert runs[1, "petl"]["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert runs[1, "default"]["env"]["OMP_WAIT_POLICY"] is None
+    auto = runs[1, "petl-auto"]["env"]
+    assert auto["OMP_WAIT_POLICY"] == "PASSIVE" and auto["OMP_NUM_THREADS"]
     target = result["target"]
-    assert target["measured_ratio"] == result["cells"]["1/petl"]["ratio_to_idle"]
+    assert target["measured_ratio"] == result["cells"]["1/petl-auto"]["ratio_to_idle"]
     assert target["met"] == (target["measured_ratio"] <= 1.5) and result["load_at_start"]["load_average"]
     _check_environment(result, (tmp_path / "shared_cpu.md").read_text())
 
