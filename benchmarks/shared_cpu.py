@@ -7,9 +7,9 @@ random token ids (batch 32 x 64). The OpenMP wait policy takes effect only befor
 loads, so every (load, setting) is measured in a fresh child process of this script:
 ``default`` runs with none of OMP_WAIT_POLICY / OMP_NUM_THREADS / MKL_NUM_THREADS set,
 ``petl`` calls ``petl.threads.configure()`` before it imports torch, and ``petl-auto`` calls
-``petl.threads.configure(threads="auto")`` (also fewer threads where other processes hold CPUs). The background load
-is ``--loads`` processes that spin in a Python loop, started before the child and killed
-after it. The runs are interleaved: each round measures every (load, setting) once, the
+``petl.threads.configure(threads="auto")`` (also fewer threads where other processes hold
+CPUs). The background load is ``--loads`` processes that spin in a Python loop, started
+before the child and killed after it. The runs are interleaved: each round measures every (load, setting) once, the
 order of the loads rotating and the order of the settings alternating every round, so a
 change in other people's load spreads over all of them. A child discards ``--warmup``
 steps and times ``--steps``; a cell reports the median of all its rounds' steps and its

@@ -257,11 +257,11 @@ def configure(threads: int | str | None = None) -> ThreadSettings:
     torch = sys.modules.get("torch")
     policy_set = set_wait_policy(env)
     cpus = available_cpus()
-    if threads == "auto":
-        fitted = fitting_threads()
-        count, by = (fitted, "load") if fitted is not None else (_env_threads(env), "environment")
+    asked = fitting_threads() if threads == "auto" else threads  # None: "auto" could not read the load
+    if asked is not None:
+        count, by = asked, "load" if threads == "auto" else "argument"
     else:
-        count, by = (threads, "argument") if threads is not None else (_env_threads(env), "environment")
+        count, by = _env_threads(env), "environment"
     if count is None:
         count, by = cpus, "cpu quota" if cpus < _affinity_cpus() else "default"
     if by in ("argument", "load"):

@@ -129,7 +129,6 @@ def test_estimate_accuracy_script(tmp_path: Path) -> None:
 
 
 def test_paired_rows_script_matches_the_difference_a_run_computes_itself(tmp_path: Path) -> None:
-
     tuned = ROOT / "benchmarks" / "results" / "sst2_minilm_tuned"
     rerun = json.loads((tuned / "results.json").read_text())
     rerun["timing"]["timings"] = {"lora": {"step_time_ms": 1.0}}  # a rerun of one row times only that row
